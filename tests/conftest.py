@@ -1,0 +1,47 @@
+"""Shared fixtures: the real MobileSAM and the real data in ../shared/data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ppd import data
+
+
+@pytest.fixture(scope="session")
+def data_root():
+    root = data.default_root()
+    assert (root / "manifest.csv").is_file(), f"the shared data are missing: {root}"
+    return root
+
+
+@pytest.fixture(scope="session")
+def manifest(data_root):
+    return data.read_manifest(data_root)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("ppd-cache")
+
+
+@pytest.fixture(scope="session")
+def segmenter(cache_dir):
+    from ppd.sam import Segmenter
+
+    return Segmenter(cache_dir=cache_dir)
+
+
+def pick(manifest, dataset: str, split: str, n: int):
+    rows = [s for s in manifest if s.dataset == dataset and s.split == split]
+    assert len(rows) >= n
+    return rows[:n]
+
+
+def interior_point(mask: np.ndarray) -> tuple[int, int]:
+    """(x, y) of the pixel farthest from the mask's border."""
+    from scipy import ndimage
+
+    dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    y, x = np.unravel_index(int(dist.argmax()), dist.shape)
+    return int(x), int(y)
