@@ -44,6 +44,17 @@ class LowResPrediction:
 
 
 @dataclass
+class ImageHandle:
+    """Everything the decoder needs about one image; swap images with ``Segmenter.use``."""
+
+    embedding: torch.Tensor  # (1, 256, 64, 64) float32 (fp16-rounded)
+    ctx: fast_decoder.ImageContext
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+    image_sha256: str
+
+
+@dataclass
 class PatchFeatures:
     grid: np.ndarray  # (64, 64, 256) float32 SAM embedding, one vector per 16 px patch
     valid: np.ndarray  # (64, 64) bool: patch overlaps the image (not the padding)
@@ -129,26 +140,40 @@ class Segmenter:
         emb = self.model.image_encoder(self.model.preprocess(x))
         return emb.half().float()
 
-    def set_image(self, image: np.ndarray) -> None:
-        """Compute (or fetch from the cache) the embedding of an ``HxWx3 uint8`` RGB image."""
+    def embed(self, image: np.ndarray) -> tuple[torch.Tensor, str]:
+        """The image's embedding from the cache, else the encoder (then cached), and its hash."""
         image = check_image_array(image)
-        h, w = image.shape[:2]
         sha = image_key(image)
-        emb = None
         if self.cache is not None:
             hit = self.cache.get(sha, self.model_sha256)
             if hit is not None and hit[0]["embedding"].shape == (1, 256, GRID, GRID):
-                emb = torch.from_numpy(hit[0]["embedding"].astype(np.float32))
-        if emb is None:
-            emb = self.encode(image)
-            if self.cache is not None:
-                self.cache.put(sha, self.model_sha256, {"embedding": emb.half().numpy()},
-                               {"original_size": [h, w]})
-        self._embedding = emb
-        self.original_size = (h, w)
-        self.input_size = preprocess_shape(h, w)
-        self.image_sha256 = sha
-        self._ctx = fast_decoder.prepare(self.model, emb)
+                return torch.from_numpy(hit[0]["embedding"].astype(np.float32)), sha
+        emb = self.encode(image)
+        if self.cache is not None:
+            self.cache.put(sha, self.model_sha256, {"embedding": emb.half().numpy()},
+                           {"original_size": list(image.shape[:2])})
+        return emb, sha
+
+    def set_image(self, image: np.ndarray) -> None:
+        """Compute (or fetch from the cache) the embedding of an ``HxWx3 uint8`` RGB image."""
+        image = check_image_array(image)
+        emb, sha = self.embed(image)
+        self.use(self.handle(emb, image.shape[:2], sha))
+
+    def handle(self, embedding: torch.Tensor, original_size: tuple[int, int], image_sha256: str = "") -> ImageHandle:
+        """Prepare an image for decoding without making it current (e.g. to keep several)."""
+        h, w = int(original_size[0]), int(original_size[1])
+        emb = embedding.float()
+        return ImageHandle(embedding=emb, ctx=fast_decoder.prepare(self.model, emb), original_size=(h, w),
+                           input_size=preprocess_shape(h, w), image_sha256=image_sha256)
+
+    def use(self, handle: ImageHandle) -> None:
+        """Make a prepared image current (cheap: no encoder, no preparation)."""
+        self._embedding = handle.embedding
+        self._ctx = handle.ctx
+        self.original_size = handle.original_size
+        self.input_size = handle.input_size
+        self.image_sha256 = handle.image_sha256
 
     @property
     def is_image_set(self) -> bool:

@@ -1,0 +1,105 @@
+"""What an agent sees: fixed-shape per-prompt features and a small context vector.
+
+Every prompt slot gets ``N_SLOT_FEATURES`` numbers in [-1, 1] (see ``SLOT_FEATURES``):
+its status, label and position; SAM's current answer at the point; and its
+relations, in both spaces of the dual graph, to the active positives, the active
+negatives and the current mask (the mean feature of the nodes under the mask is
+the "object prototype", of the others the "background prototype"). Provenance
+(which prompts are harmful) is never part of the observation.
+
+The prompt x prompt feature / physical distance blocks are computed once per
+episode (the layout is fixed within an episode); a step only re-weights them by
+the active flags, so building an observation costs ~0.1 ms and no N x N patch
+matrix is ever formed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ppd.graph import DualGraph
+from ppd.prompts import PromptSet
+
+SLOT_FEATURES = (
+    "valid", "active", "label", "x", "y", "logit", "inside_mask", "label_agrees_with_mask",
+    "sim_mask_proto", "sim_bg_proto", "mean_sim_pos", "max_sim_pos", "mean_sim_neg", "max_sim_neg",
+    "min_dist_pos", "min_dist_neg", "knn_mask_frac", "node_mask_frac",
+)
+CONTEXT_FEATURES = ("sam_iou", "mask_area", "n_pos", "n_neg", "t_frac", "steps_left")
+N_SLOT_FEATURES = len(SLOT_FEATURES)
+N_CONTEXT = len(CONTEXT_FEATURES)
+
+
+@dataclass
+class Geometry:
+    """Per-episode, prompt-level view of the graph."""
+
+    nodes: np.ndarray  # (P,) node of each slot
+    feats: np.ndarray  # (P, C) unit features of each slot's node
+    cos: np.ndarray  # (P, P) cosine similarity between slots
+    dist: np.ndarray  # (P, P) normalised physical distance between slot points
+    knn: np.ndarray  # (P, k) feature-space neighbours of each slot's node
+    xy: np.ndarray  # (P, 2) position / image size
+
+
+def geometry(graph: DualGraph, prompts: PromptSet) -> Geometry:
+    nodes = graph.node_of(prompts.points) if len(prompts) else np.zeros(0, np.int32)
+    feats = graph.feats[nodes]
+    pts = prompts.points.astype(np.float32)
+    dist = np.sqrt(((pts[:, None] - pts[None]) ** 2).sum(-1)) / graph.diagonal
+    h, w = graph.image_size
+    return Geometry(nodes=nodes, feats=feats, cos=feats @ feats.T, dist=dist.astype(np.float32),
+                    knn=graph.knn_feat[nodes], xy=pts / np.array([w, h], np.float32))
+
+
+def _masked_stats(values: np.ndarray, sel: np.ndarray, empty: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row-wise mean, max, min of ``values`` over columns ``sel`` excluding the diagonal."""
+    p = len(values)
+    m = np.broadcast_to(sel[None, :], (p, p)).copy()
+    np.fill_diagonal(m, False)
+    cnt = m.sum(1)
+    has = cnt > 0
+    mean = np.where(has, (values * m).sum(1) / np.maximum(cnt, 1), 0.0)
+    mx = np.where(has, np.where(m, values, -np.inf).max(1, initial=-np.inf), 0.0)
+    mn = np.where(has, np.where(m, values, np.inf).min(1, initial=np.inf), empty)
+    return mean, mx, mn
+
+
+def observe(graph: DualGraph, geo: Geometry, prompts: PromptSet, valid: np.ndarray, slot_logits: np.ndarray,
+            node_frac: np.ndarray, sam_iou: float, t: int, horizon: int, p_max: int,
+            max_steps: int = 15) -> dict[str, np.ndarray]:
+    """Observation dict ``{"slots": (p_max, F), "context": (N_CONTEXT,)}`` for the current state."""
+    p = len(prompts)
+    act = prompts.active & valid
+    lab = prompts.labels.astype(np.float32)
+    pos, neg = act & (prompts.labels == 1), act & (prompts.labels == 0)
+    logit = slot_logits.astype(np.float32)
+    inside = (logit > 0).astype(np.float32)
+    frac = node_frac.astype(np.float32) / 255.0
+    wsum = frac.sum()
+    if wsum > 0:
+        proto_m = frac @ graph.feats
+        proto_m /= max(np.linalg.norm(proto_m), 1e-8)
+    else:
+        proto_m = np.zeros(graph.feats.shape[1], np.float32)
+    bg_w = 1.0 - frac
+    proto_b = bg_w @ graph.feats
+    proto_b /= max(np.linalg.norm(proto_b), 1e-8)
+    mean_p, max_p, _ = _masked_stats(geo.cos, pos, 0.0)
+    mean_n, max_n, _ = _masked_stats(geo.cos, neg, 0.0)
+    _, _, min_dp = _masked_stats(geo.dist, pos, 1.0)
+    _, _, min_dn = _masked_stats(geo.dist, neg, 1.0)
+    f = np.zeros((p_max, N_SLOT_FEATURES), np.float32)
+    if p:
+        cols = [valid.astype(np.float32), act.astype(np.float32), lab, geo.xy[:, 0], geo.xy[:, 1],
+                np.tanh(logit / 8.0), inside, (lab == inside).astype(np.float32),
+                geo.feats @ proto_m, geo.feats @ proto_b, mean_p, max_p, mean_n, max_n,
+                np.minimum(min_dp * 2.0, 1.0), np.minimum(min_dn * 2.0, 1.0),
+                frac[geo.knn].mean(1) if geo.knn.shape[1] else frac[geo.nodes], frac[geo.nodes]]
+        f[:p] = np.stack(cols, 1)
+        f[:p][~valid] = 0.0
+    ctx = np.array([sam_iou, frac.mean(), pos.sum() / 20.0, neg.sum() / 20.0, t / max(horizon, 1),
+                    (horizon - t) / max_steps], np.float32)
+    return {"slots": np.clip(f, -1.0, 1.0), "context": np.clip(ctx, -1.0, 1.0)}

@@ -1,0 +1,110 @@
+"""The dual-space patch graph of one image (PAPER.md, "Environment").
+
+Nodes are patches of SAM's image embedding, optionally average-pooled from the
+64x64 grid to a coarser one; only patches that overlap the image (not SAM's
+padding) are nodes. Each node has an L2-normalised feature vector and a centre
+in original-image pixels. Two normalised distances relate nodes:
+
+* feature distance ``||f_i - f_j|| / 2`` in [0, 1] (unit vectors),
+* physical distance ``||c_i - c_j|| / diagonal`` in [0, 1],
+
+and a neighbour structure (k nearest nodes in each space) serves message passing.
+Full N x N matrices are never kept: :meth:`DualGraph.distances` computes the
+block between two node subsets on demand (the game only ever needs prompt x
+prompt or prompt x region blocks), and the k-NN lists are built in row chunks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+GRID = 64  # SAM's embedding grid
+
+
+@dataclass
+class DualGraph:
+    feats: np.ndarray  # (N, C) float32, unit L2 norm
+    centers: np.ndarray  # (N, 2) float32 node centres (x, y) in original pixels
+    cell: np.ndarray  # (N, 2) int32 (row, col) on the graph grid
+    grid: int  # graph grid side (64 = native patches, 32 = 2x2 pooled, ...)
+    patch_px: float  # side of one graph cell in original pixels
+    image_size: tuple[int, int]  # (H, W) original
+    knn_feat: np.ndarray  # (N, k) int32 nearest nodes in feature space (self excluded)
+    knn_phys: np.ndarray  # (N, k) int32 nearest nodes in physical space (self excluded)
+    index: np.ndarray  # (grid, grid) int32 node id of each cell, -1 for padding
+
+    @property
+    def n(self) -> int:
+        return len(self.feats)
+
+    @property
+    def diagonal(self) -> float:
+        h, w = self.image_size
+        return float(np.hypot(h, w))
+
+    def node_of(self, points: np.ndarray) -> np.ndarray:
+        """Node id of the patch containing each (x, y) point in original pixels."""
+        pts = np.asarray(points, np.float64).reshape(-1, 2)
+        col = np.clip((pts[:, 0] / self.patch_px).astype(int), 0, self.grid - 1)
+        row = np.clip((pts[:, 1] / self.patch_px).astype(int), 0, self.grid - 1)
+        ids = self.index[row, col]
+        if (ids < 0).any():  # a point on the last partial patch row / column: nearest valid cell
+            for k in np.nonzero(ids < 0)[0]:
+                d = np.abs(self.cell - np.array([row[k], col[k]])).sum(1)
+                ids[k] = int(d.argmin())
+        return ids
+
+    def distances(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised (feature, physical) distance blocks between node sets ``a`` and ``b``."""
+        fa, fb = self.feats[a], self.feats[b]
+        cos = np.clip(fa @ fb.T, -1.0, 1.0)
+        feat = np.sqrt(np.maximum(2.0 - 2.0 * cos, 0.0)) / 2.0
+        ca, cb = self.centers[a], self.centers[b]
+        phys = np.sqrt(((ca[:, None, :] - cb[None, :, :]) ** 2).sum(-1)) / self.diagonal
+        return feat.astype(np.float32), phys.astype(np.float32)
+
+
+def _knn(x: np.ndarray, k: int, metric_sq, chunk: int = 1024) -> np.ndarray:
+    n = len(x)
+    k = min(k, n - 1)
+    out = np.empty((n, max(k, 0)), np.int32)
+    if k <= 0:
+        return out
+    for s in range(0, n, chunk):
+        d = metric_sq(x[s:s + chunk], x)
+        d[np.arange(len(d)), np.arange(s, s + len(d))] = np.inf
+        part = np.argpartition(d, k, axis=1)[:, :k]
+        order = np.take_along_axis(d, part, 1).argsort(1)
+        out[s:s + chunk] = np.take_along_axis(part, order, 1)
+    return out
+
+
+def build_graph(grid_feats: np.ndarray, valid: np.ndarray, patch_size: float, image_size: tuple[int, int],
+                grid: int = 32, k: int = 8) -> DualGraph:
+    """Dual-space graph from SAM patch features.
+
+    ``grid_feats`` (64, 64, C) and ``valid`` (64, 64) as from ``Segmenter.features()``;
+    ``patch_size`` is one 64-grid patch in original pixels. ``grid`` must divide 64.
+    """
+    if GRID % grid:
+        raise ValueError(f"grid must divide {GRID}, got {grid}")
+    f = GRID // grid
+    c = grid_feats.shape[-1]
+    pooled = grid_feats.reshape(grid, f, grid, f, c).mean((1, 3))
+    v = valid.reshape(grid, f, grid, f).any((1, 3))
+    rows, cols = np.nonzero(v)
+    feats = pooled[rows, cols].astype(np.float32)
+    feats /= np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-8)
+    cell_px = patch_size * f
+    h, w = image_size
+    centers = np.stack([np.minimum((cols + 0.5) * cell_px, w - 0.5),
+                        np.minimum((rows + 0.5) * cell_px, h - 0.5)], 1).astype(np.float32)
+    index = np.full((grid, grid), -1, np.int32)
+    index[rows, cols] = np.arange(len(rows), dtype=np.int32)
+    knn_f = _knn(feats, k, lambda a, b: 2.0 - 2.0 * (a @ b.T))
+    knn_p = _knn(centers, k, lambda a, b: ((a[:, None] - b[None]) ** 2).sum(-1))
+    return DualGraph(feats=feats, centers=centers, cell=np.stack([rows, cols], 1).astype(np.int32),
+                     grid=grid, patch_px=float(cell_px), image_size=(int(h), int(w)),
+                     knn_feat=knn_f, knn_phys=knn_p, index=index)
