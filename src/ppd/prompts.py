@@ -6,8 +6,8 @@ active flags. Actions index prompts, not patches: several prompts may share a
 patch, and each takes the features of the patch that contains it.
 
 Ideal prompts (training only, PAPER.md): positives on a regular lattice inside
-the object, negatives on a lattice outside it, both kept a margin away from the
-boundary; the lattice stride is chosen so that each class gets a count drawn
+the object, negatives on a lattice outside it (in a window around the object, see
+``IdealConfig``), both kept a margin away from the boundary; the lattice stride is chosen so that each class gets a count drawn
 from a configured range (default 5-10, the size of the sets the defender sees
 at inference). The attacker's pool holds the harmful candidates, each inactive
 until the attacker activates it:
@@ -84,6 +84,13 @@ class IdealConfig:
     n_pos: tuple[int, int] = (5, 10)  # inclusive range of positives
     n_neg: tuple[int, int] = (5, 10)  # inclusive range of negatives
     margin: float = 0.01  # keep points this fraction of the image diagonal from the boundary (>= 1 px)
+    # Negatives lie in a window around the object: its box grown by this share of its
+    # longer side (at least neg_window_min of the diagonal). Chosen on val: with negatives
+    # over the whole image, ideal Dice is 0.66 on DSB nuclei and 0.43 on ISBI cells (SAM
+    # is pulled off by negatives on other instances); with this window 0.82 / 0.68, and
+    # ECSSD is unchanged (0.85-0.87); see docs/GAME.md.
+    neg_window: float = 0.5
+    neg_window_min: float = 0.03
 
 
 @dataclass
@@ -141,11 +148,27 @@ def _eroded(region: np.ndarray, margin: float) -> np.ndarray:
     return inner if inner.any() else region
 
 
+def object_window(mask: np.ndarray, grow: float, grow_min: float) -> np.ndarray:
+    """The object's bounding box grown by ``grow`` x its longer side (>= ``grow_min`` x diagonal)."""
+    ys, xs = np.nonzero(mask)
+    win = np.zeros_like(mask, dtype=bool)
+    if len(xs) == 0:
+        win[:] = True
+        return win
+    e = max(grow * max(np.ptp(ys) + 1, np.ptp(xs) + 1), grow_min * float(np.hypot(*mask.shape)))
+    win[max(0, int(ys.min() - e)): int(ys.max() + e) + 1, max(0, int(xs.min() - e)): int(xs.max() + e) + 1] = True
+    return win
+
+
 def ideal_prompts(mask: np.ndarray, rng: np.random.Generator, cfg: IdealConfig = IdealConfig()) -> PromptSet:
     """Positives on a lattice inside ``mask``, negatives on a lattice outside, all active."""
     margin = _margin_px(mask.shape, cfg.margin)
     pos = lattice_points(_eroded(mask, margin), int(rng.integers(cfg.n_pos[0], cfg.n_pos[1] + 1)), rng)
-    neg = lattice_points(_eroded(~mask, margin), int(rng.integers(cfg.n_neg[0], cfg.n_neg[1] + 1)), rng)
+    background = _eroded(~mask, margin)
+    window = object_window(mask, cfg.neg_window, cfg.neg_window_min)
+    if (background & window).any():
+        background &= window
+    neg = lattice_points(background, int(rng.integers(cfg.n_neg[0], cfg.n_neg[1] + 1)), rng)
     pts = np.concatenate([pos, neg])
     labs = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
     return PromptSet(pts, labs, np.ones(len(pts), bool), np.full(len(pts), IDEAL, np.int8))
