@@ -135,8 +135,13 @@ def cmd_bench(args) -> int:
     from ppd.bench import bench_sam
 
     if args.what == "sam":
-        bench_sam.run(data_root=args.data, n_images=args.images, n_decodes=args.decodes, n_points=args.points,
+        bench_sam.run(data_root=args.data, n_images=args.images or 4, n_decodes=args.decodes, n_points=args.points,
                       cache_dir=args.cache_dir, out=args.out)
+    elif args.what == "game":
+        from ppd.bench import bench_game
+
+        bench_game.run(data_root=args.data, n_episodes=args.episodes, n_images=args.images or 24,
+                       seed=args.seed, cache_dir=args.cache_dir, out=args.out)
     return 0
 
 
@@ -191,9 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     b = sub.add_parser("bench", help="benchmarks printing figures measured side by side")
-    b.add_argument("what", choices=["sam"])
+    b.add_argument("what", choices=["sam", "game"])
     b.add_argument("--data", help="data root (default ../shared/data)")
-    b.add_argument("--images", type=int, default=4)
+    b.add_argument("--images", type=int, help="images to use (sam: 4 val images; game: 24 train images)")
+    b.add_argument("--episodes", type=int, default=40, help="game: episodes to replay")
+    b.add_argument("--seed", type=int, default=0)
     b.add_argument("--decodes", type=int, default=30, help="decodes per image and path")
     b.add_argument("--points", type=int, default=5, help="points per prompt set")
     b.add_argument("--out", help="also write the figures as JSON here")

@@ -11,6 +11,7 @@ are bit-identical whether the embedding came from the cache or the encoder.
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 
@@ -113,12 +114,18 @@ class Segmenter:
 
     def __init__(self, checkpoint: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
                  use_cache: bool = True, threads: int | None = None, verify: bool = True,
-                 tune_allocator: bool = True) -> None:
+                 tune_allocator: bool = True, precision: str = "fp32") -> None:
         if threads is not None:
             torch.set_num_threads(threads)
         if tune_allocator:
             keep_large_blocks()
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
         self.model, self.model_sha256 = load_mobile_sam(checkpoint, verify=verify)
+        self.precision = precision
+        # the fast path's decoder: the model's own, or a bfloat16 copy (predict() always uses float32)
+        self._fast_decoder = (self.model.mask_decoder if precision == "fp32"
+                              else copy.deepcopy(self.model.mask_decoder).to(torch.bfloat16))
         self.cache = EmbeddingCache(cache_dir) if use_cache else None
         if self.cache is not None:
             self.cache.check_usable()
@@ -164,7 +171,8 @@ class Segmenter:
         """Prepare an image for decoding without making it current (e.g. to keep several)."""
         h, w = int(original_size[0]), int(original_size[1])
         emb = embedding.float()
-        return ImageHandle(embedding=emb, ctx=fast_decoder.prepare(self.model, emb), original_size=(h, w),
+        return ImageHandle(embedding=emb, ctx=fast_decoder.prepare(self.model, emb, self._fast_decoder),
+                           original_size=(h, w),
                            input_size=preprocess_shape(h, w), image_sha256=image_sha256)
 
     def use(self, handle: ImageHandle) -> None:
