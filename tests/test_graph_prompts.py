@@ -11,8 +11,17 @@ import pytest
 from conftest import pick
 from ppd.graph import build_graph
 from ppd.prompts import (
-    BG_POS, BOUNDARY, DISTRACTOR, MISLABEL, OBJ_NEG, IdealConfig, PoolConfig, PromptSet, attack_pool,
-    ideal_prompts, lattice_points,
+    BG_POS,
+    BOUNDARY,
+    DISTRACTOR,
+    MISLABEL,
+    OBJ_NEG,
+    IdealConfig,
+    PoolConfig,
+    PromptSet,
+    attack_pool,
+    ideal_prompts,
+    lattice_points,
 )
 
 

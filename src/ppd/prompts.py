@@ -7,10 +7,11 @@ patch, and each takes the features of the patch that contains it.
 
 Ideal prompts (training only, PAPER.md): positives on a regular lattice inside
 the object, negatives on a lattice outside it (in a window around the object, see
-``IdealConfig``), both kept a margin away from the boundary; the lattice stride is chosen so that each class gets a count drawn
-from a configured range (default 5-10, the size of the sets the defender sees
-at inference). The attacker's pool holds the harmful candidates, each inactive
-until the attacker activates it:
+``IdealConfig``), both kept a margin away from the boundary; the lattice stride
+is chosen so that each class gets a count drawn from a configured range
+(default 5-10, the size of the sets the defender sees at inference). The
+attacker's pool holds the harmful candidates, each inactive until the attacker
+activates it:
 
 * ``bg_pos``      positives on the background in a band around the object;
 * ``distractor``  positives on the background patches that look most like the
