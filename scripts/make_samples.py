@@ -51,5 +51,60 @@ def main(skdata: Path) -> None:
     (OUT / "samples.json").write_text(json.dumps(items, indent=1) + "\n")
 
 
+
+
+# --------------------------------------------------------------------------- one-shot groups
+ONESHOT = ROOT / "src" / "ppd" / "assets" / "oneshot"
+FLUO = {  # DSB2018 val-split fluorescence images: reference first
+    "432f367a4c5b5674de2e2977744d10289a064e5704b21af6607b4975be47c580": "fluo-ref",
+    "0999dab07b11bc85fb8464fc36c947fbd8b5d6ec49817361cb780659ca805eac": "fluo-a",
+    "43a71aeb641faa18742cb826772a8566c6c947d7050f9ab15459de6cc2b3b6af": "fluo-b",
+}
+
+
+def coin_mask(grey: np.ndarray) -> np.ndarray:
+    """A self-made coins mask: Otsu-like threshold, holes filled, specks removed (not ground truth)."""
+    hist = np.bincount(grey.ravel(), minlength=256).astype(float)
+    best, thr = -1.0, 128
+    for t in range(1, 255):
+        w0, w1 = hist[:t].sum(), hist[t:].sum()
+        if w0 == 0 or w1 == 0:
+            continue
+        m0 = (hist[:t] * np.arange(t)).sum() / w0
+        m1 = (hist[t:] * np.arange(t, 256)).sum() / w1
+        if w0 * w1 * (m0 - m1) ** 2 > best:
+            best, thr = w0 * w1 * (m0 - m1) ** 2, t
+    m = ndimage.binary_fill_holes(ndimage.binary_opening(grey > thr, iterations=2))
+    lab, n = ndimage.label(m)
+    sizes = ndimage.sum(m, lab, range(1, n + 1))
+    return np.isin(lab, 1 + np.nonzero(sizes >= 150)[0])
+
+
+def make_oneshot(skdata: Path) -> None:
+    ONESHOT.mkdir(parents=True, exist_ok=True)
+    groups = []
+    names = list(FLUO.values())
+    for sid, name in FLUO.items():
+        shutil.copyfile(DATA / "dsb2018" / "images" / f"{sid}.jpg", ONESHOT / f"{name}.jpg")
+        shutil.copyfile(DATA / "dsb2018" / "masks" / f"{sid}.png", ONESHOT / f"{name}.mask.png")
+    groups.append({"name": "nuclei (DSB2018 fluorescence, val split)", "ref": f"{names[0]}.jpg",
+                   "ref_mask": f"{names[0]}.mask.png", "targets": [f"{n}.jpg" for n in names[1:]],
+                   "target_masks": [f"{n}.mask.png" for n in names[1:]], "masks": "ground truth (DSB2018)"})
+    grey = np.asarray(Image.open(skdata / "coins.png").convert("L"))
+    h, w = grey.shape
+    crops = {"coins-ref": (0, 0), "coins-a": (0, 1), "coins-b": (1, 0), "coins-c": (1, 1)}
+    for name, (r, c) in crops.items():
+        g = grey[r * h // 2:(r + 1) * h // 2, c * w // 2:(c + 1) * w // 2]
+        Image.fromarray(g).convert("RGB").save(ONESHOT / f"{name}.jpg", quality=92)
+        Image.fromarray(coin_mask(g).astype(np.uint8) * 255).save(ONESHOT / f"{name}.mask.png")
+    cn = list(crops)
+    groups.append({"name": "coins (scikit-image coins.png quadrants)", "ref": f"{cn[0]}.jpg",
+                   "ref_mask": f"{cn[0]}.mask.png", "targets": [f"{n}.jpg" for n in cn[1:]],
+                   "target_masks": [f"{n}.mask.png" for n in cn[1:]],
+                   "masks": "self-made by scripts/make_samples.py (threshold + hole filling), not ground truth"})
+    (ONESHOT / "groups.json").write_text(json.dumps(groups, indent=1) + "\n")
+
+
 if __name__ == "__main__":
     main(Path(sys.argv[1]))
+    make_oneshot(Path(sys.argv[1]))

@@ -85,7 +85,7 @@ def test_console_script_and_debug(tmp_path, manifest, cache_dir):
 
 def test_demo_runs_on_shipped_samples(tmp_path, cache_dir, monkeypatch, capsys):
     monkeypatch.setenv("PPD_CACHE_DIR", str(cache_dir))
-    assert main(["demo", "--out", str(tmp_path)]) == 0
+    assert main(["demo", "--clicks", "--out", str(tmp_path)]) == 0
     text = capsys.readouterr().out
     names = {p.name for p in tmp_path.iterdir()}
     for stem in ("dsb-he", "dsb-fluo", "chelsea", "coffee"):
@@ -94,3 +94,13 @@ def test_demo_runs_on_shipped_samples(tmp_path, cache_dir, monkeypatch, capsys):
     for line in text.splitlines():
         if line.startswith("dsb-"):
             assert float(line.split()[4]) > 0.7, line
+
+
+def test_demo_oneshot_main_job(tmp_path, cache_dir, monkeypatch, capsys):
+    monkeypatch.setenv("PPD_CACHE_DIR", str(cache_dir))
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    for stem in ("fluo-a", "fluo-b", "coins-a", "coins-b", "coins-c"):
+        for suffix in (".mask.png", ".overlay.png", ".prompts.json"):
+            assert (tmp_path / f"{stem}{suffix}").is_file(), stem + suffix
+        assert any(line.startswith(stem) for line in text.splitlines())

@@ -89,3 +89,13 @@ def test_check_writable(tmp_path):
     with pytest.raises(OutputError):
         check_writable(tmp_path)
     assert check_writable(tmp_path / "ok.png") == tmp_path / "ok.png"
+
+
+def test_atomic_write_uses_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    p = write_png(tmp_path / "m.png", np.zeros((2, 2), bool))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~umask

@@ -98,6 +98,51 @@ def cmd_segment(args) -> int:
 
 # ----------------------------------------------------------------------------- demo
 def cmd_demo(args) -> int:
+    return _demo_clicks(args) if args.clicks else _demo_oneshot(args)
+
+
+def _demo_oneshot(args) -> int:
+    """The main job: one-shot FM -> k-means -> shipped defender -> SAM on the shipped groups."""
+    from ppd.io import read_image, read_mask
+    from ppd.metrics import dice
+    from ppd.oneshot import FeatureMatcher, kmeans_thin
+    from ppd.refine import Defender, load_agent
+
+    out = _out_dir(args.out)
+    root = resources.files("ppd") / "assets" / "oneshot"
+
+    def load(name, mask=False):
+        with resources.as_file(root / name) as p:
+            return read_mask(p) if mask else read_image(p)
+
+    seg = _segmenter(args)
+    fm = FeatureMatcher(seg)
+    dfd = Defender(load_agent(args.defender, "defender"), segmenter=seg)
+    print(f"{'target':10s} {'FM':>5s} {'k-means':>7s} {'kept':>4s} {'Dice FM-kmeans':>14s} {'Dice FM-PPD':>11s} "
+          f"{'time':>6s}  overlay")
+    for g in json.loads((root / "groups.json").read_text()):
+        print(f"-- {g['name']}: reference {g['ref']} (masks: {g['masks']})")
+        fm.set_reference(load(g["ref"]), load(g["ref_mask"], mask=True))
+        for tname, mname in zip(g["targets"], g["target_masks"], strict=True):
+            image, gt = load(tname), load(mname, mask=True)
+            t0 = time.perf_counter()
+            cand = fm.match(image)
+            idx = kmeans_thin(cand.points, cand.labels, args.k, seed=0)
+            pts, labs = cand.points[idx], cand.labels[idx]
+            dfd.set_image(image)
+            res = dfd.refine(pts, labs)
+            dt = time.perf_counter() - t0
+            base = seg.predict(pts, labs).mask
+            stem = Path(tname).stem
+            _write_refined(out, stem, image, res)
+            print(f"{stem:10s} {len(cand):>5d} {len(pts):>7d} {int(res.kept.sum()):>4d} {dice(base, gt):>14.3f} "
+                  f"{dice(res.mask, gt):>11.3f} {dt:>5.2f}s  {out / (stem + '.overlay.png')}")
+    print(f"wrote masks, overlays and prompt JSONs to {out}/ (green: kept positives, red: kept negatives, "
+          f"yellow crosses: prompts the defender suppressed)")
+    return 0
+
+
+def _demo_clicks(args) -> int:
     from ppd.io import read_image, read_mask
     from ppd.metrics import dice
     from ppd.viz import overlay
@@ -142,6 +187,131 @@ def cmd_bench(args) -> int:
 
         bench_game.run(data_root=args.data, n_episodes=args.episodes, n_images=args.images or 24,
                        seed=args.seed, cache_dir=args.cache_dir, out=args.out)
+    return 0
+
+
+# ----------------------------------------------------------------------------- refine / oneshot
+def read_prompts_json(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """``{"points": [[x, y], ...], "labels": [1, 0, ...]}`` (extra keys such as status are ignored)."""
+    try:
+        d = json.loads(Path(path).read_text())
+        pts = np.asarray(d["points"], dtype=float).reshape(-1, 2)
+        labs = np.asarray(d.get("labels", [1] * len(pts)), dtype=float)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InvalidPromptError(f"cannot read prompts JSON {path}: {type(e).__name__}: {e}") from None
+    return pts, labs
+
+
+def _write_refined(out: Path, stem: str, image: np.ndarray, res) -> None:
+    from ppd.io import atomic_write
+    from ppd.viz import overlay
+
+    k = res.kept
+    ov = overlay(image, res.mask, res.points[k], res.labels[k], res.points[~k], res.labels[~k])
+    _write_outputs([(out / f"{stem}.mask.png", res.mask), (out / f"{stem}.overlay.png", ov)])
+    atomic_write(out / f"{stem}.prompts.json", lambda t: t.write_text(json.dumps(res.to_json(), indent=1) + "\n"))
+
+
+def _out_dir(path: str) -> Path:
+    from ppd.io import check_writable
+
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out / ".probe")
+    return out
+
+
+def cmd_refine(args) -> int:
+    from ppd.io import read_image
+    from ppd.refine import Defender, load_agent
+    from ppd.sam.segmenter import check_points
+
+    out = _out_dir(args.out)
+    pts, labs = read_prompts_json(args.prompts)
+    image = read_image(args.image)
+    check_points(pts, labs, image.shape[:2])
+    if len(pts) == 0:
+        raise InvalidPromptError("the prompts JSON has no points")
+    d = Defender(load_agent(args.defender, "defender"), segmenter=_segmenter(args))
+    d.set_image(image)
+    res = d.refine(pts, labs)
+    stem = Path(args.image).stem
+    _write_refined(out, stem, image, res)
+    print(f"{stem}: kept {int(res.kept.sum())} of {len(pts)} prompts ({res.stop_reason}); "
+          f"SAM IoU {res.iou:.3f}; wrote {out}/{stem}.{{mask,overlay}}.png and .prompts.json")
+    return 0
+
+
+def cmd_oneshot(args) -> int:
+    from tqdm.auto import tqdm
+
+    from ppd.io import read_image, read_mask
+    from ppd.oneshot import FeatureMatcher, kmeans_thin
+    from ppd.refine import Defender, RefineResult, load_agent
+
+    out = _out_dir(args.out)
+    ref, ref_mask = read_image(args.ref), None
+    ref_mask = read_mask(args.ref_mask, shape=ref.shape[:2])
+    targets = [(t, read_image(t)) for t in args.target]  # all readable before any work
+    seg = _segmenter(args)
+    fm = FeatureMatcher(seg)
+    fm.set_reference(ref, ref_mask)
+    dfd = None if args.no_defender else Defender(load_agent(args.defender, "defender"), segmenter=seg)
+    for path, image in tqdm(targets, desc="targets", disable=len(targets) < 2):
+        cand = fm.match(image)
+        if len(cand) == 0:
+            raise InvalidPromptError(f"feature matching found no prompt on {path}")
+        idx = kmeans_thin(cand.points, cand.labels, args.k, seed=args.seed)
+        pts, labs = cand.points[idx], cand.labels[idx]
+        if dfd is None:
+            res = RefineResult(points=pts, labels=labs, kept=np.ones(len(pts), bool), stop_reason="no defender")
+            pred = seg.predict(pts, labs)
+            res.mask, res.iou = pred.mask, pred.iou
+        else:
+            dfd.set_image(image)
+            res = dfd.refine(pts, labs)
+        stem = Path(path).stem
+        _write_refined(out, stem, image, res)
+        print(f"{stem}: {len(cand)} FM candidates -> {len(pts)} after k-means -> {int(res.kept.sum())} kept; "
+              f"SAM IoU {res.iou:.3f}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- train
+def cmd_train(args) -> int:
+    from dataclasses import replace
+
+    from ppd import train
+    from ppd.sam import Segmenter
+
+    cfg = None
+    if not args.resume:
+        cfg = train.TrainConfig(seed=args.seed)
+        for k in ("decode_budget", "max_minutes", "n_games", "checkpoint_minutes"):
+            v = getattr(args, k)
+            if v is not None:
+                cfg = replace(cfg, **{k: v})
+        if args.learning_starts is not None:
+            cfg = replace(cfg, attacker=replace(cfg.attacker, learning_starts=args.learning_starts),
+                          defender=replace(cfg.defender, learning_starts=args.learning_starts))
+    seg = Segmenter(checkpoint=args.checkpoint, cache_dir=args.cache_dir, use_cache=not args.no_cache,
+                    precision="bf16")
+    tr = train.run(args.data, args.split, args.out, resume=args.resume, cfg=cfg, segmenter=seg,
+                   limit_images=args.images)
+    print(f"trained {tr.round} rounds, {tr.env_steps} steps, {tr.decodes} decodes in {tr.seconds / 60:.1f} min; "
+          f"agents in {args.out}/attacker.* and {args.out}/defender.*, curves in {args.out}/curves.png")
+    return 0
+
+
+# ----------------------------------------------------------------------------- eval-agents
+def cmd_eval_agents(args) -> int:
+    from ppd.evaluate import attack_defence
+
+    text = attack_defence.run(args.data, split=args.split, attacker=args.attacker, defender=args.defender,
+                              attack_steps=args.attack_steps, seed=args.seed, out_dir=args.out,
+                              cache_dir=args.cache_dir, limit=args.limit, datasets=args.datasets,
+                              oracle=not args.no_oracle)
+    print(text)
     return 0
 
 
@@ -190,8 +360,11 @@ def build_parser() -> argparse.ArgumentParser:
     sam_opts(s)
     s.set_defaults(func=cmd_segment)
 
-    d = sub.add_parser("demo", help="run the main job on the shipped sample images")
+    d = sub.add_parser("demo", help="run the main job (one-shot + shipped defender) on the shipped samples")
     d.add_argument("--out", default="out/demo")
+    d.add_argument("--clicks", action="store_true", help="instead: segment the click samples (no defender)")
+    d.add_argument("--defender", help="defender checkpoint, or 'untrained' (default: the shipped one)")
+    d.add_argument("-k", type=int, default=10, help="prompts kept per class by k-means (default 10)")
     sam_opts(d)
     d.set_defaults(func=cmd_demo)
 
@@ -206,6 +379,55 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", help="also write the figures as JSON here")
     b.add_argument("--cache-dir")
     b.set_defaults(func=cmd_bench)
+
+    r = sub.add_parser("refine", help="refine a prompt set with the defender, then segment")
+    r.add_argument("image")
+    r.add_argument("--prompts", required=True, metavar="PROMPTS.json")
+    r.add_argument("--out", required=True, metavar="DIR")
+    r.add_argument("--defender", help="defender checkpoint, or 'untrained' (default: the shipped one)")
+    sam_opts(r)
+    r.set_defaults(func=cmd_refine)
+
+    o = sub.add_parser("oneshot", help="one-shot segmentation: reference image + mask -> targets")
+    o.add_argument("--ref", required=True, metavar="IMG")
+    o.add_argument("--ref-mask", required=True, metavar="MASK")
+    o.add_argument("--target", required=True, nargs="+", metavar="IMG")
+    o.add_argument("--out", required=True, metavar="DIR")
+    o.add_argument("--no-defender", action="store_true", help="stop after k-means thinning")
+    o.add_argument("--defender", help="defender checkpoint, or 'untrained' (default: the shipped one)")
+    o.add_argument("-k", type=int, default=10, help="prompts kept per class by k-means (default 10)")
+    o.add_argument("--seed", type=int, default=0)
+    sam_opts(o)
+    o.set_defaults(func=cmd_oneshot)
+
+    t = sub.add_parser("train", help="adversarial DQN training of attacker and defender")
+    t.add_argument("--data", help="data root (default ../shared/data)")
+    t.add_argument("--split", default="train")
+    t.add_argument("--out", required=True, metavar="runs/NAME")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--decodes", dest="decode_budget", type=int, help="SAM decode budget (default 90000)")
+    t.add_argument("--minutes", dest="max_minutes", type=float, help="wall-clock cap of the training loop")
+    t.add_argument("--games", dest="n_games", type=int, help="games per round (default 8)")
+    t.add_argument("--checkpoint-minutes", dest="checkpoint_minutes", type=float)
+    t.add_argument("--learning-starts", type=int, help="transitions before the first update")
+    t.add_argument("--images", type=int, help="train on a seeded subset of N images (smoke runs)")
+    t.add_argument("--seed", type=int, default=0)
+    sam_opts(t)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval-agents", help="evidence: ideal -> attacked -> defended vs baselines on unseen images")
+    e.add_argument("--data", help="data root (default ../shared/data)")
+    e.add_argument("--split", default="val")
+    e.add_argument("--datasets", help="comma-separated datasets (default: all of the split)")
+    e.add_argument("--limit", type=int, help="at most N images per dataset (seeded)")
+    e.add_argument("--attacker", help="attacker checkpoint (default: the shipped one)")
+    e.add_argument("--defender", help="defender checkpoint, or 'untrained' (default: the shipped one)")
+    e.add_argument("--attack-steps", type=int, default=8)
+    e.add_argument("--no-oracle", action="store_true", help="skip the GT-guided greedy upper bound")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--out", help="write attack_defence.csv / .md here")
+    e.add_argument("--cache-dir")
+    e.set_defaults(func=cmd_eval_agents)
 
     dt = sub.add_parser("data", help="inspect or verify a data root")
     dt.add_argument("what", choices=["verify", "list"])

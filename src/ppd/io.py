@@ -21,6 +21,8 @@ from ppd.errors import InvalidImageError, InvalidMaskError, OutputError
 
 #: Largest image (in pixels) ppd reads: 150 Mpx is ~450 MB as RGB uint8.
 MAX_PIXELS = 150_000_000
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def _open(path: str | os.PathLike, what: str, error: type[Exception]) -> Image.Image:
@@ -148,6 +150,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs get the usual permissions
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -53,7 +53,11 @@ class GameConfig:
     defender_slots: int = 64  # prompt rows in the defender's observation
     attack_steps: tuple[int, int] = (2, 15)  # attacker horizon T, inclusive
     defend_steps: tuple[int, int] = (2, 15)  # defender horizon T, inclusive
-    defender_stop: bool = True
+    # The optional "stop" action. Off by default: Q(stop) is 0 by definition (no further
+    # reward), so "stop when the best removal has Q <= 0" (ppd.refine) is the same rule,
+    # and in training an explored stop cut most defender episodes short (11 of 12 in a
+    # smoke run) before any removal was learned.
+    defender_stop: bool = False
     dataset_weights: dict[str, float] = field(
         default_factory=lambda: {"ecssd": 0.6, "dsb2018": 0.25, "isbi2012": 0.15})
     layout_seed: int = 0  # ideal prompts and pools are fixed per (image, object) for this seed
@@ -167,18 +171,8 @@ class Arena:
             gt = self.bank.soft_gt(i, k)
             den = mask.sum() + gt.sum()
             dice = float(2.0 * gt[mask].sum() / den) if den > 0 else 1.0
-        f = 256 // g.grid
-        frac = mask.reshape(g.grid, f, g.grid, f).mean((1, 3))[g.cell[:, 0], g.cell[:, 1]]
-        node_frac = np.round(frac * 255).astype(np.uint8)
-        scale = im.lowres_scale()
-        logit_at = dict(out.logit_at) if out is not None else {}
-        for (x, y) in wanted:
-            if logits is None:
-                logit_at[(x, y)] = -20.0
-            else:
-                c = min(int(x * scale[0]), 255)
-                r = min(int(y * scale[1]), 255)
-                logit_at[(x, y)] = float(logits[r, c])
+        node_frac, fresh = decode_summary(logits, mask, g, im.lowres_scale(), wanted)
+        logit_at = (dict(out.logit_at) if out is not None else {}) | fresh
         res = Outcome(dice=dice, iou=float(iou), node_frac=node_frac, logit_at=logit_at)
         self.memo.put(key, res)
         return res, False
@@ -316,6 +310,22 @@ class PromptGame(gym.Env):
             real[self.stop_action] = False
         terminated = self.t >= self.horizon or not real.any()
         return self._obs(), reward, bool(terminated), False, self._info()
+
+
+def decode_summary(logits, mask: np.ndarray, graph, scale: np.ndarray,
+                   points: list[tuple[float, float]]) -> tuple[np.ndarray, dict]:
+    """What observations read from a decode: the mask share of each graph node (0..255)
+    and the low-res logit at each point (-20 where there was no decode: empty mask)."""
+    f = 256 // graph.grid
+    frac = mask.reshape(graph.grid, f, graph.grid, f).mean((1, 3))[graph.cell[:, 0], graph.cell[:, 1]]
+    node_frac = np.round(frac * 255).astype(np.uint8)
+    logit_at = {}
+    for (x, y) in points:
+        if logits is None:
+            logit_at[(x, y)] = -20.0
+        else:
+            logit_at[(x, y)] = float(logits[min(int(y * scale[1]), 255), min(int(x * scale[0]), 255)])
+    return node_frac, logit_at
 
 
 def apply_attack(prompts: PromptSet, slot: int) -> None:

@@ -1,0 +1,6 @@
+"""Agents: the per-prompt Q-network and the DQN learner (attacker and defender)."""
+
+from ppd.agents.dqn import DQNAgent, DQNConfig, ReplayBuffer, linear_epsilon
+from ppd.agents.qnet import QNet
+
+__all__ = ["DQNAgent", "DQNConfig", "QNet", "ReplayBuffer", "linear_epsilon"]

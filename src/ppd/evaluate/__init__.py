@@ -1,0 +1,1 @@
+"""Evaluation: protocols and figures computed from real runs."""

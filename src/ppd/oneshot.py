@@ -1,0 +1,117 @@
+"""One-shot prompts by feature matching (PAPER.md, "Inference"), then k-means thinning.
+
+From one reference image and its mask: every reference patch of SAM's 64x64
+embedding grid that lies wholly inside the mask votes for its nearest target
+patch (cosine similarity of SAM features) as a *positive* candidate, every patch
+wholly outside for a *negative* one. Candidates sit at target patch centres; a
+target patch claimed twice by one class is one candidate, one claimed by both
+classes is dropped.
+
+That gives hundreds to thousands of candidates, too many for SAM (a decode with
+thousands of points takes about a second) and for a defender that removes one
+per step, so :func:`kmeans_thin` keeps at most K per class: k-means on the
+candidates' coordinates, and the candidate nearest each centroid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ppd.errors import InvalidMaskError
+from ppd.sam import Segmenter
+from ppd.sam.segmenter import GRID, IMG_SIZE
+
+
+@dataclass
+class Candidates:
+    points: np.ndarray  # (N, 2) x, y in target pixels
+    labels: np.ndarray  # (N,) 1 / 0
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+
+def patch_fractions(mask: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
+    """Share of each 64x64-grid patch covered by ``mask`` (padding counts as outside)."""
+    ih, iw = input_size
+    m = torch.as_tensor(mask, dtype=torch.float32)[None, None]
+    m = F.interpolate(m, (ih, iw), mode="nearest")
+    m = F.pad(m, (0, IMG_SIZE - iw, 0, IMG_SIZE - ih))
+    return F.avg_pool2d(m, IMG_SIZE // GRID)[0, 0].numpy()
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-8)
+
+
+class FeatureMatcher:
+    """Reference patches -> nearest target patches. ``set_reference`` once, ``match`` per target."""
+
+    def __init__(self, segmenter: Segmenter) -> None:
+        self.seg = segmenter
+        self.ref_pos: np.ndarray | None = None
+
+    def set_reference(self, image: np.ndarray, mask: np.ndarray) -> None:
+        if mask.shape != image.shape[:2]:
+            raise InvalidMaskError(f"reference mask is {mask.shape[1]}x{mask.shape[0]}, "
+                                   f"image is {image.shape[1]}x{image.shape[0]}")
+        if not mask.any():
+            raise InvalidMaskError("reference mask is empty: nothing to match")
+        self.seg.set_image(image)
+        f = self.seg.features()
+        frac = patch_fractions(mask, self.seg.input_size)
+        inside = f.valid & (frac >= 1.0)
+        outside = f.valid & (frac <= 0.0)
+        if not inside.any():  # an object smaller than a patch: use the patches most covered
+            inside = f.valid & (frac >= frac[f.valid].max() * 0.5) & (frac > 0)
+        self.ref_pos = _unit(f.grid[inside])
+        self.ref_neg = _unit(f.grid[outside])
+
+    def match(self, image: np.ndarray | None = None) -> Candidates:
+        """Candidates on ``image`` (or on the segmenter's current image if None)."""
+        if self.ref_pos is None:
+            from ppd.errors import ImageNotSetError
+
+            raise ImageNotSetError("call set_reference(image, mask) first")
+        if image is not None:
+            self.seg.set_image(image)
+        f = self.seg.features()
+        rows, cols = np.nonzero(f.valid)
+        tgt = _unit(f.grid[rows, cols])
+        claims = np.zeros((len(tgt), 2), bool)  # [negative, positive]
+        for lab, ref in ((1, self.ref_pos), (0, self.ref_neg)):
+            if len(ref):
+                nearest = (torch.as_tensor(ref) @ torch.as_tensor(tgt).T).argmax(1).numpy()
+                claims[np.unique(nearest), lab] = True
+        keep = claims.any(1) & ~claims.all(1)
+        h, w = self.seg.original_size
+        ps = f.patch_size
+        pts = np.stack([np.minimum((cols[keep] + 0.5) * ps, w - 1), np.minimum((rows[keep] + 0.5) * ps, h - 1)], 1)
+        return Candidates(points=pts.astype(np.float32), labels=claims[keep, 1].astype(np.int64))
+
+
+def kmeans_thin(points: np.ndarray, labels: np.ndarray, k: int = 10, seed: int = 0) -> np.ndarray:
+    """Indices of at most ``k`` prompts per class: the point nearest each k-means centroid."""
+    from scipy.cluster.vq import kmeans2
+
+    keep = []
+    for lab in (1, 0):
+        idx = np.nonzero(labels == lab)[0]
+        if len(idx) <= k:
+            keep += idx.tolist()
+            continue
+        pts = points[idx].astype(np.float64)
+        cent, _ = kmeans2(pts, k, minit="++", seed=seed)
+        d = ((pts[:, None, :] - cent[None]) ** 2).sum(-1)
+        chosen = set()
+        for c in range(len(cent)):  # nearest unused candidate to each centroid
+            for j in np.argsort(d[:, c]):
+                if j not in chosen:
+                    chosen.add(int(j))
+                    break
+        keep += idx[sorted(chosen)].tolist()
+    return np.array(sorted(keep), dtype=np.int64)

@@ -1,0 +1,368 @@
+"""Adversarial training of the attacker and the defender (PAPER.md, "Two agents, one game").
+
+One *round* plays ``n_games`` games in lockstep, each on an object drawn from the
+training images:
+
+1. the attacker degrades the object's ideal prompts for T steps (epsilon-greedy);
+2. the defender starts from each attacked set and repairs it,
+   ``GameConfig.defender_repeats`` times;
+
+both agents learn from their own transitions as they are made (``updates_per_step``
+gradient steps per batched step once their buffer is warm). Epsilon decays
+linearly from 1.0 to 0.1 over ``eps_fraction`` of the run, the run's length being
+budgeted in SAM decodes (``decode_budget``, the cost that dominates) and capped in
+wall-clock minutes (progress is whichever of the two is further).
+
+Outputs in ``--out``: ``log.csv`` (one row per round), ``curves.png``,
+``attacker.{safetensors,json}`` / ``defender.{safetensors,json}`` (the agents), and
+``checkpoint/`` (everything ``--resume`` needs: both agents' online and target
+weights, Adam states, replay buffers, counters and RNG states), written every
+``checkpoint_minutes`` atomically (a temporary folder renamed into place).
+Resuming continues from the last checkpoint's round, step and buffers; what
+happened after it (at most one interval) is replayed with new randomness.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file as load_np
+from safetensors.numpy import save_file as save_np
+from safetensors.torch import load_file as load_pt
+from safetensors.torch import save_file as save_pt
+
+from ppd import data
+from ppd.agents.dqn import DQNAgent, DQNConfig, linear_epsilon
+from ppd.errors import CheckpointError
+from ppd.game import Arena, GameConfig, ImageBank, PromptGame
+from ppd.io import atomic_write
+
+LOG_FIELDS = ("round", "env_steps", "decodes", "seconds", "epsilon", "dice_ideal", "dice_attacked", "dice_defended",
+              "attacker_return", "defender_return", "attacker_loss", "defender_loss", "memo_hit_rate",
+              "decodes_per_s", "update_ms", "defender_stops")
+
+
+@dataclass
+class TrainConfig:
+    game: GameConfig = field(default_factory=GameConfig)
+    attacker: DQNConfig = field(default_factory=DQNConfig)
+    defender: DQNConfig = field(default_factory=DQNConfig)
+    n_games: int = 8  # games per round, stepped in lockstep (batched Q-network calls)
+    decode_budget: int = 40_000  # SAM decodes for the whole run (~20 ms each in bf16, ~10-15 per s with the rest)
+    max_minutes: float = 45.0  # wall-clock cap of the training loop (embeddings are computed before, ~6 min)
+    eps_start: float = 1.0
+    eps_end: float = 0.1
+    eps_fraction: float = 0.6
+    updates_per_step: int = 1  # gradient steps per agent per batched step
+    checkpoint_minutes: float = 5.0
+    seed: int = 0
+
+
+def _mean_finite(xs: list[float]) -> float:
+    xs = [x for x in xs if np.isfinite(x)]
+    return float(np.mean(xs)) if xs else float("nan")
+
+
+def _config_from_dict(d: dict) -> TrainConfig:
+    from ppd.game.objects import ObjectConfig
+    from ppd.prompts import IdealConfig, PoolConfig
+
+    g = dict(d["game"])
+    g["ideal"] = IdealConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in g["ideal"].items()})
+    g["pool"] = PoolConfig(**g["pool"])
+    g["objects"] = ObjectConfig(**g["objects"])
+    for k in ("attack_steps", "defend_steps"):
+        g[k] = tuple(g[k])
+    return TrainConfig(**{**d, "game": GameConfig(**g), "attacker": DQNConfig(**d["attacker"]),
+                          "defender": DQNConfig(**d["defender"])})
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, samples, out: str | os.PathLike, segmenter=None, progress: bool = True,
+                 command: str | None = None) -> None:
+        from ppd.sam import Segmenter
+
+        self.cfg, self.out, self.progress = cfg, Path(out), progress
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.command = command or " ".join(sys.argv)
+        seg = segmenter or Segmenter(precision=cfg.game.precision)
+        g = cfg.game
+        self.bank = ImageBank(seg, samples, graph_grid=g.graph_grid, knn=g.knn, objects=g.objects, progress=progress)
+        self.arena = Arena(self.bank, g)
+        b = cfg.n_games
+        self.att_envs = [PromptGame(self.arena, "attacker", seed=cfg.seed * 1000 + j, strict=True) for j in range(b)]
+        self.def_envs = [PromptGame(self.arena, "defender", seed=cfg.seed * 1000 + 500 + j, strict=True)
+                         for j in range(b)]
+        self.attacker = DQNAgent.for_env(self.att_envs[0], cfg.attacker, seed=cfg.seed)
+        self.defender = DQNAgent.for_env(self.def_envs[0], cfg.defender, seed=cfg.seed + 1)
+        self.round = self.env_steps = self.decodes = 0
+        self.seconds = 0.0
+
+    # ------------------------------------------------------------------ playing
+    @property
+    def progress_fraction(self) -> float:
+        """How far the run is: decodes over budget or minutes over the cap, whichever is further."""
+        c = self.cfg
+        return max(self.decodes / c.decode_budget, self.seconds / (60 * c.max_minutes))
+
+    @property
+    def epsilon(self) -> float:
+        c = self.cfg
+        return linear_epsilon(int(1e6 * self.progress_fraction), int(1e6), c.eps_start, c.eps_end, c.eps_fraction)
+
+    def _play(self, envs: list[PromptGame], agent: DQNAgent, options: list[dict | None]) -> dict:
+        """Play one episode in every env in lockstep; learn as transitions arrive."""
+        obs, masks = [], []
+        for env, opt in zip(envs, options, strict=True):
+            o, info = env.reset(options=opt)
+            obs.append(o)
+            masks.append(info["action_mask"])
+        start = [env.outcome.dice for env in envs]
+        live = list(range(len(envs)))
+        returns = np.zeros(len(envs))
+        losses, upd_s, stops = [], 0.0, 0
+        while live:
+            eps = self.epsilon
+            acts = agent.act(np.stack([obs[j]["slots"] for j in live]), np.stack([obs[j]["context"] for j in live]),
+                             np.stack([masks[j] for j in live]), eps)
+            still = []
+            for j, a in zip(live, acts, strict=True):
+                d0 = self.bank.decodes
+                o2, r, done, _, info = envs[j].step(int(a))
+                self.decodes += self.bank.decodes - d0
+                self.env_steps += 1
+                stops += int(envs[j].stop_action is not None and a == envs[j].stop_action)
+                nmask = np.zeros_like(info["action_mask"]) if done else info["action_mask"]
+                agent.buffer.add(obs[j], int(a), r, o2, nmask, done)
+                returns[j] += r
+                obs[j], masks[j] = o2, info["action_mask"]
+                if not done:
+                    still.append(j)
+            live = still
+            self.seconds = time.perf_counter() - self._t_start
+            if agent.ready():
+                t0 = time.perf_counter()
+                losses += [agent.update() for _ in range(self.cfg.updates_per_step)]
+                upd_s += time.perf_counter() - t0
+        return {"start": float(np.mean(start)), "end": float(np.mean([e.outcome.dice for e in envs])),
+                "return": float(returns.mean()), "loss": float(np.mean(losses)) if losses else float("nan"),
+                "update_s": upd_s, "updates": len(losses), "stops": stops}
+
+    def play_round(self) -> dict:
+        a = self._play(self.att_envs, self.attacker, [None] * len(self.att_envs))
+        attacked = [{"image": e.image, "object": e.object,
+                     "prompts": e.prompts.subset(np.nonzero(e.prompts.active & e.valid)[0])} for e in self.att_envs]
+        defs = [self._play(self.def_envs, self.defender, attacked) for _ in range(self.cfg.game.defender_repeats)]
+        upd = a["update_s"] + sum(d["update_s"] for d in defs)
+        n_upd = a["updates"] + sum(d["updates"] for d in defs)
+        return {"dice_ideal": a["start"], "dice_attacked": a["end"],
+                "dice_defended": float(np.mean([d["end"] for d in defs])), "attacker_return": a["return"],
+                "defender_return": float(np.mean([d["return"] for d in defs])), "attacker_loss": a["loss"],
+                "defender_loss": _mean_finite([d["loss"] for d in defs]),
+                "update_ms": 1e3 * upd / max(n_upd, 1), "defender_stops": sum(d["stops"] for d in defs)}
+
+    def train(self) -> None:
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        log_path = self.out / "log.csv"
+        new_log = not log_path.exists()
+        last_ckpt = time.perf_counter()
+        t_start = self._t_start = time.perf_counter() - self.seconds
+        bar = tqdm(total=cfg.decode_budget, initial=self.decodes, desc="training (decodes)", unit="dec",
+                   disable=not self.progress)
+        with open(log_path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+            if new_log:
+                w.writeheader()
+            while self.decodes < cfg.decode_budget and self.seconds < 60 * cfg.max_minutes:
+                d0, t0 = self.decodes, time.perf_counter()
+                row = self.play_round()
+                self.round += 1
+                self.seconds = time.perf_counter() - t_start
+                m = self.arena.memo
+                row |= {"round": self.round, "env_steps": self.env_steps, "decodes": self.decodes,
+                        "seconds": round(self.seconds, 1), "epsilon": round(self.epsilon, 4),
+                        "memo_hit_rate": round(m.hit_rate, 4),
+                        "decodes_per_s": round((self.decodes - d0) / max(time.perf_counter() - t0, 1e-9), 2)}
+                w.writerow({k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items()})
+                f.flush()
+                bar.update(self.decodes - d0)
+                bar.set_postfix(eps=f"{self.epsilon:.2f}", att=f"{row['dice_attacked']:.2f}",
+                                dfd=f"{row['dice_defended']:.2f}", hit=f"{m.hit_rate:.2f}")
+                if time.perf_counter() - last_ckpt > 60 * cfg.checkpoint_minutes:
+                    self.save_checkpoint()
+                    last_ckpt = time.perf_counter()
+        bar.close()
+        self.save_checkpoint()
+        self.save_agents()
+        plot_curves(log_path, self.out / "curves.png")
+
+    # ------------------------------------------------------------------ persistence
+    def save_agents(self) -> None:
+        meta = {"command": self.command, "rounds": self.round, "env_steps": self.env_steps, "decodes": self.decodes,
+                "seconds": round(self.seconds, 1), "train_config": asdict(self.cfg),
+                "images": [f"{im.sample.dataset}/{im.sample.id}" for im in self.bank.images]}
+        self.attacker.save(self.out / "attacker", extra=meta)
+        self.defender.save(self.out / "defender", extra=meta)
+
+    def save_checkpoint(self) -> Path:
+        """Everything --resume needs, written to a temporary folder then renamed into place."""
+        final = self.out / "checkpoint"
+        tmp = self.out / f".checkpoint.tmp{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        for name, ag in (("attacker", self.attacker), ("defender", self.defender)):
+            tensors = {f"q.{k}": v.contiguous() for k, v in ag.q.state_dict().items()}
+            tensors |= {f"target.{k}": v.contiguous() for k, v in ag.q_target.state_dict().items()}
+            opt = ag.opt.state_dict()
+            for pid, st in opt["state"].items():
+                for k, v in st.items():
+                    tensors[f"opt.{pid}.{k}"] = torch.as_tensor(v).contiguous()
+            save_pt(tensors, str(tmp / f"{name}.safetensors"))
+            save_np(ag.buffer.state_arrays(), str(tmp / f"{name}.buffer.safetensors"))
+            (tmp / f"{name}.json").write_text(json.dumps({
+                "updates": ag.updates, "buffer_pos": ag.buffer.pos, "param_groups": opt["param_groups"],
+                "rng": ag.rng.bit_generator.state}, default=int))
+        torch_rng = torch.get_rng_state()
+        save_pt({"torch_rng": torch_rng}, str(tmp / "rng.safetensors"))
+        state = {"round": self.round, "env_steps": self.env_steps, "decodes": self.decodes, "seconds": self.seconds,
+                 "config": asdict(self.cfg), "command": self.command,
+                 "env_rng": [e.np_random.bit_generator.state for e in self.att_envs + self.def_envs]}
+        (tmp / "state.json").write_text(json.dumps(state, default=int))
+        old = self.out / f".checkpoint.old{os.getpid()}"
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def load_checkpoint(self) -> bool:
+        ck = self.out / "checkpoint"
+        if not (ck / "state.json").is_file():
+            return False
+        try:
+            state = json.loads((ck / "state.json").read_text())
+            for name, ag in (("attacker", self.attacker), ("defender", self.defender)):
+                t = load_pt(str(ck / f"{name}.safetensors"))
+                meta = json.loads((ck / f"{name}.json").read_text())
+                ag.q.load_state_dict({k[2:]: v for k, v in t.items() if k.startswith("q.")})
+                ag.q_target.load_state_dict({k[7:]: v for k, v in t.items() if k.startswith("target.")})
+                opt_state: dict = {}
+                for k, v in t.items():
+                    if k.startswith("opt."):
+                        _, pid, key = k.split(".", 2)
+                        opt_state.setdefault(int(pid), {})[key] = v
+                ag.opt.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
+                ag.buffer.load_arrays(load_np(str(ck / f"{name}.buffer.safetensors")), meta["buffer_pos"])
+                ag.updates = meta["updates"]
+                ag.rng.bit_generator.state = meta["rng"]
+            torch.set_rng_state(load_pt(str(ck / "rng.safetensors"))["torch_rng"])
+            for e, st in zip(self.att_envs + self.def_envs, state["env_rng"], strict=True):
+                e.np_random.bit_generator.state = st
+        except (OSError, KeyError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"cannot resume from {ck}: {type(e).__name__}: {e}") from None
+        self.round, self.env_steps = state["round"], state["env_steps"]
+        self.decodes, self.seconds = state["decodes"], state["seconds"]
+        self._truncate_log()
+        return True
+
+    def _truncate_log(self) -> None:
+        """Drop log rows written after the checkpoint (they are replayed)."""
+        p = self.out / "log.csv"
+        if not p.is_file():
+            return
+        with open(p, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if int(r["round"]) <= self.round]
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", newline="") as g:
+                w = csv.DictWriter(g, fieldnames=LOG_FIELDS)
+                w.writeheader()
+                w.writerows(rows)
+
+        atomic_write(p, write)
+
+
+def plot_curves(log_csv: str | os.PathLike, out_png: str | os.PathLike) -> Path | None:
+    """Training curves: Dice ideal / attacked / defended, returns, epsilon, TD losses."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(log_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return None
+    x = np.array([float(r["decodes"]) for r in rows])
+
+    def col(k):
+        return np.array([float(r[k]) if r[k] not in ("", "nan") else np.nan for r in rows])
+
+    def smooth(y, k=max(1, len(rows) // 40)):
+        if k <= 1:
+            return y
+        yy = np.where(np.isnan(y), np.nanmean(y) if np.isfinite(y).any() else 0, y)
+        return np.convolve(yy, np.ones(k) / k, mode="same")
+
+    fig, ax = plt.subplots(2, 2, figsize=(11, 7))
+    for k, lab in (("dice_ideal", "ideal prompts"), ("dice_attacked", "after attack"),
+                   ("dice_defended", "after defence")):
+        ax[0, 0].plot(x, smooth(col(k)), label=lab)
+    ax[0, 0].set(title="Dice (low-res, per round)", xlabel="SAM decodes", ylim=(0, 1))
+    ax[0, 0].legend()
+    ax[0, 1].plot(x, smooth(col("attacker_return")), label="attacker")
+    ax[0, 1].plot(x, smooth(col("defender_return")), label="defender")
+    ax[0, 1].set(title="episode return", xlabel="SAM decodes")
+    ax[0, 1].legend()
+    ax[1, 0].plot(x, col("epsilon"))
+    ax[1, 0].set(title="epsilon", xlabel="SAM decodes")
+    ax[1, 1].plot(x, smooth(col("attacker_loss")), label="attacker")
+    ax[1, 1].plot(x, smooth(col("defender_loss")), label="defender")
+    ax[1, 1].set(title="TD loss (Huber)", xlabel="SAM decodes", yscale="log")
+    ax[1, 1].legend()
+    fig.tight_layout()
+    out_png = Path(out_png)
+    atomic_write(out_png, lambda t: fig.savefig(t, format="png", dpi=90))
+    plt.close(fig)
+    return out_png
+
+
+def run(data_root, split: str, out: str, resume: bool = False, cfg: TrainConfig | None = None,
+        exclude: set[str] | None = None, progress: bool = True, segmenter=None,
+        limit_images: int | None = None) -> Trainer:
+    """``ppd train``: embeddings first (cached), then adversarial training."""
+    out_p = Path(out)
+    if resume:
+        st = out_p / "checkpoint" / "state.json"
+        if not st.is_file():
+            raise CheckpointError(f"nothing to resume in {out_p}: no checkpoint/state.json")
+        cfg = _config_from_dict(json.loads(st.read_text())["config"])
+    elif (out_p / "log.csv").exists():
+        raise CheckpointError(f"{out_p} already holds a run; use --resume or another --out")
+    cfg = cfg or TrainConfig()
+    samples = data.load_dataset(data_root, split=split)
+    samples = [s for s in samples if s.dataset in cfg.game.dataset_weights and cfg.game.dataset_weights[s.dataset] > 0
+               and f"{s.dataset}/{s.id}" not in (exclude or set())]
+    if limit_images:
+        pick = np.random.default_rng(cfg.seed).choice(len(samples), min(limit_images, len(samples)), replace=False)
+        samples = [samples[i] for i in sorted(pick)]
+    if not samples:
+        raise CheckpointError(f"no training images in split {split!r} for {sorted(cfg.game.dataset_weights)}")
+    tr = Trainer(cfg, samples, out_p, segmenter=segmenter, progress=progress)
+    if resume:
+        tr.load_checkpoint()
+    else:
+        (out_p / "config.json").write_text(json.dumps({"command": tr.command, "config": asdict(cfg)}, indent=1))
+    tr.train()
+    return tr

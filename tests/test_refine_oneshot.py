@@ -1,0 +1,159 @@
+"""Defender inference, one-shot feature matching and their CLI, through the real model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import interior_point, pick
+from ppd.cli import main
+from ppd.errors import ImageNotSetError, InvalidMaskError
+from ppd.oneshot import FeatureMatcher, kmeans_thin
+from ppd.refine import Defender, load_agent
+
+
+@pytest.fixture(scope="module")
+def defender(segmenter):
+    return Defender(segmenter=segmenter)  # the shipped defender
+
+
+def _attacked_set(gt, rng):
+    """Correct prompts plus a few positives far out on the background."""
+    pos, neg = np.argwhere(gt)[:, ::-1], np.argwhere(~gt)[:, ::-1]
+    good = np.r_[pos[rng.integers(0, len(pos), 5)], neg[rng.integers(0, len(neg), 5)]]
+    bad = neg[rng.integers(0, len(neg), 3)]
+    pts = np.r_[good, bad].astype(float)
+    labs = np.r_[np.ones(5), np.zeros(5), np.ones(3)].astype(int)
+    return pts, labs
+
+
+def test_refine_result_and_stopping(defender, manifest):
+    rng = np.random.default_rng(0)
+    s = pick(manifest, "ecssd", "val", 2)[1]
+    image, gt = s.image(), s.mask()
+    defender.set_image(image)
+    pts, labs = _attacked_set(gt, rng)
+    res = defender.refine(pts, labs)
+    assert res.mask.shape == gt.shape and len(res.kept) == len(pts)
+    assert len(res.order) == (~res.kept).sum() == len(res.q_values)
+    assert all(q > 0 for q in res.q_values) and res.stop_reason
+    assert (res.labels[res.kept] == 1).sum() >= 1  # a positive is always kept
+    js = res.to_json()
+    assert js["status"].count("suppressed") == len(res.order)
+    budget = defender.refine(pts, labs, max_removals=1)
+    assert len(budget.order) <= 1
+
+
+@pytest.mark.parametrize("case", ["all_positive", "all_negative", "single", "hundreds", "duplicates"])
+def test_degenerate_prompt_sets(defender, manifest, case):
+    s = pick(manifest, "ecssd", "val", 1)[0]
+    image, gt = s.image(), s.mask()
+    defender.set_image(image)
+    h, w = gt.shape
+    rng = np.random.default_rng(1)
+    x, y = interior_point(gt)
+    pts = {"all_positive": rng.uniform([0, 0], [w, h], (8, 2)), "all_negative": rng.uniform([0, 0], [w, h], (8, 2)),
+           "single": np.array([[x, y]], float), "hundreds": rng.uniform([0, 0], [w, h], (300, 2)),
+           "duplicates": np.array([[x, y]] * 6, float)}[case]
+    labs = np.zeros(len(pts), int) if case == "all_negative" else np.ones(len(pts), int)
+    res = defender.refine(pts, labs)
+    assert res.mask.shape == gt.shape
+    if case == "single":
+        assert res.kept.all()  # the only positive is never removed
+    if case == "hundreds":
+        assert res.kept.all() and "thin" in res.stop_reason  # beyond the defender's rows: documented no-op
+    if case == "all_negative":
+        assert res.kept.sum() >= 1
+
+
+def test_refine_errors(segmenter):
+    d = Defender(segmenter=segmenter)
+    with pytest.raises(ImageNotSetError):
+        d.refine([[1, 1]], [1])
+
+
+def test_untrained_and_explicit_defender(segmenter, tmp_path):
+    agent = load_agent("untrained", "defender")
+    assert agent.role == "defender"
+    agent.save(tmp_path / "d")
+    assert load_agent(tmp_path / "d", "defender").rows == agent.rows
+
+
+def test_feature_matching_and_kmeans(segmenter, manifest):
+    ref, tgt = pick(manifest, "ecssd", "val", 3)[1:]
+    fm = FeatureMatcher(segmenter)
+    with pytest.raises(ImageNotSetError):
+        fm.match(tgt.image())
+    with pytest.raises(InvalidMaskError):
+        fm.set_reference(ref.image(), np.zeros(ref.mask().shape, bool))
+    fm.set_reference(ref.image(), ref.mask())
+    cand = fm.match(tgt.image())
+    h, w = tgt.mask().shape
+    assert len(cand) > 20 and set(np.unique(cand.labels)) == {0, 1}
+    assert (cand.points[:, 0] < w).all() and (cand.points[:, 1] < h).all()
+    assert len({(round(x), round(y)) for x, y in cand.points}) == len(cand)  # de-duplicated
+    idx = kmeans_thin(cand.points, cand.labels, k=10, seed=0)
+    for lab in (0, 1):
+        assert (cand.labels[idx] == lab).sum() == min(10, (cand.labels == lab).sum())
+    assert np.array_equal(idx, kmeans_thin(cand.points, cand.labels, k=10, seed=0))  # seeded
+    # matched positives land on the object more often than negatives do
+    gt = tgt.mask()
+    on = gt[cand.points[:, 1].astype(int), cand.points[:, 0].astype(int)]
+    assert on[cand.labels == 1].mean() > on[cand.labels == 0].mean()
+
+
+def test_cli_refine_and_oneshot(tmp_path, manifest, cache_dir, monkeypatch, capsys):
+    monkeypatch.setenv("PPD_CACHE_DIR", str(cache_dir))
+    ref, t1, t2 = pick(manifest, "ecssd", "val", 3)
+    out = tmp_path / "one"
+    assert main(["oneshot", "--ref", str(ref.image_path), "--ref-mask", str(ref.mask_path), "--target",
+                 str(t1.image_path), str(t2.image_path), "--out", str(out)]) == 0
+    for t in (t1, t2):
+        js = json.loads((out / f"{t.id}.prompts.json").read_text())
+        assert len(js["points"]) == len(js["labels"]) == len(js["status"]) <= 20
+        m = np.asarray(Image.open(out / f"{t.id}.mask.png")) > 0
+        assert m.shape == t.mask().shape
+        assert (out / f"{t.id}.overlay.png").is_file()
+    # refine reads what oneshot wrote
+    out2 = tmp_path / "ref"
+    assert main(["refine", str(t1.image_path), "--prompts", str(out / f"{t1.id}.prompts.json"),
+                 "--out", str(out2), "--defender", "untrained"]) == 0
+    assert (out2 / f"{t1.id}.mask.png").is_file()
+    # --no-defender keeps every k-means prompt
+    out3 = tmp_path / "nodef"
+    assert main(["oneshot", "--ref", str(ref.image_path), "--ref-mask", str(ref.mask_path), "--target",
+                 str(t1.image_path), "--out", str(out3), "--no-defender"]) == 0
+    js = json.loads((out3 / f"{t1.id}.prompts.json").read_text())
+    assert set(js["status"]) == {"kept"}
+    capsys.readouterr()
+    # bad input: one line, exit 2, nothing written
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    out4 = tmp_path / "bad"
+    assert main(["refine", str(t1.image_path), "--prompts", str(bad), "--out", str(out4)]) == 2
+    assert "cannot read prompts JSON" in capsys.readouterr().err
+    assert not list(out4.glob("*.png"))
+    (tmp_path / "outside.json").write_text(json.dumps({"points": [[1e6, 3]], "labels": [1]}))
+    assert main(["refine", str(t1.image_path), "--prompts", str(tmp_path / "outside.json"), "--out", str(out4)]) == 2
+    assert "outside" in capsys.readouterr().err
+    small = tmp_path / "small.png"
+    Image.fromarray(np.zeros((5, 5), np.uint8)).save(small)
+    assert main(["oneshot", "--ref", str(ref.image_path), "--ref-mask", str(small), "--target", str(t1.image_path),
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "mask" in capsys.readouterr().err
+
+
+def test_shipped_defender_repairs_attacked_sets(segmenter, manifest):
+    """On unseen (val) images, the shipped defender undoes the shipped attacker better than
+    doing nothing, random removal and an untrained defender (the evidence protocol, small)."""
+    from ppd.evaluate.attack_defence import evaluate
+
+    samples = pick(manifest, "ecssd", "val", 6) + pick(manifest, "dsb2018", "val", 1)
+    res = evaluate(samples, load_agent(None, "attacker"), load_agent(None, "defender"), segmenter,
+                   nuclei_per_image=3, progress=False, oracle=False)
+    mean = {m: np.mean([r.dice[m] for r in res]) for m in ("ideal", "attacked", "defended", "random", "untrained")}
+    assert mean["attacked"] < mean["ideal"] - 0.2, mean
+    assert mean["defended"] > max(mean["attacked"], mean["random"], mean["untrained"]) + 0.1, mean
