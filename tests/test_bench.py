@@ -18,3 +18,11 @@ def test_bench_game_smoke(cache_dir, capsys):
     assert res["states"] > 4 and res["speedup"] > 0
     for ph in res["phases"].values():
         assert ph["memo_hits"] + ph["memo_misses"] >= ph["states"]
+
+
+def test_bench_refine_smoke(capsys):
+    from ppd.bench import bench_refine
+
+    res = bench_refine.run(n_targets=1)
+    assert res["targets"] == 1 and res["refine_s_median"] > 0 and res["decodes_median"] >= 1
+    assert "one-shot end to end" in capsys.readouterr().out

@@ -182,6 +182,10 @@ def cmd_bench(args) -> int:
     if args.what == "sam":
         bench_sam.run(data_root=args.data, n_images=args.images or 4, n_decodes=args.decodes, n_points=args.points,
                       cache_dir=args.cache_dir, out=args.out)
+    elif args.what == "refine":
+        from ppd.bench import bench_refine
+
+        bench_refine.run(data_root=args.data, n_targets=args.images or 6, seed=args.seed, out=args.out)
     elif args.what == "game":
         from ppd.bench import bench_game
 
@@ -369,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     b = sub.add_parser("bench", help="benchmarks printing figures measured side by side")
-    b.add_argument("what", choices=["sam", "game"])
+    b.add_argument("what", choices=["sam", "game", "refine"])
     b.add_argument("--data", help="data root (default ../shared/data)")
     b.add_argument("--images", type=int, help="images to use (sam: 4 val images; game: 24 train images)")
     b.add_argument("--episodes", type=int, default=40, help="game: episodes to replay")

@@ -48,12 +48,37 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-8)
 
 
+def match_patches(ref_grid: np.ndarray, ref_valid: np.ndarray, ref_frac: np.ndarray, tgt_grid: np.ndarray,
+                  tgt_valid: np.ndarray, patch_size: float, size: tuple[int, int]) -> Candidates:
+    """Feature matching on 64x64 feature grids (see the module doc).
+
+    ``ref_frac`` is the reference mask's share of each patch (:func:`patch_fractions`);
+    ``patch_size`` and ``size`` (H, W) describe the target in original pixels.
+    """
+    inside = ref_valid & (ref_frac >= 1.0)
+    outside = ref_valid & (ref_frac <= 0.0)
+    if not inside.any():  # an object smaller than a patch: use the patches most covered
+        inside = ref_valid & (ref_frac > 0) & (ref_frac >= ref_frac[ref_valid].max() * 0.5)
+    rows, cols = np.nonzero(tgt_valid)
+    tgt = torch.as_tensor(_unit(tgt_grid[rows, cols]))
+    claims = np.zeros((len(rows), 2), bool)  # [negative, positive]
+    for lab, sel in ((1, inside), (0, outside)):
+        if sel.any():
+            nearest = (torch.as_tensor(_unit(ref_grid[sel])) @ tgt.T).argmax(1).numpy()
+            claims[np.unique(nearest), lab] = True
+    keep = claims.any(1) & ~claims.all(1)
+    h, w = size
+    pts = np.stack([np.minimum((cols[keep] + 0.5) * patch_size, w - 1),
+                    np.minimum((rows[keep] + 0.5) * patch_size, h - 1)], 1)
+    return Candidates(points=pts.astype(np.float32), labels=claims[keep, 1].astype(np.int64))
+
+
 class FeatureMatcher:
     """Reference patches -> nearest target patches. ``set_reference`` once, ``match`` per target."""
 
     def __init__(self, segmenter: Segmenter) -> None:
         self.seg = segmenter
-        self.ref_pos: np.ndarray | None = None
+        self.ref = None
 
     def set_reference(self, image: np.ndarray, mask: np.ndarray) -> None:
         if mask.shape != image.shape[:2]:
@@ -63,35 +88,18 @@ class FeatureMatcher:
             raise InvalidMaskError("reference mask is empty: nothing to match")
         self.seg.set_image(image)
         f = self.seg.features()
-        frac = patch_fractions(mask, self.seg.input_size)
-        inside = f.valid & (frac >= 1.0)
-        outside = f.valid & (frac <= 0.0)
-        if not inside.any():  # an object smaller than a patch: use the patches most covered
-            inside = f.valid & (frac >= frac[f.valid].max() * 0.5) & (frac > 0)
-        self.ref_pos = _unit(f.grid[inside])
-        self.ref_neg = _unit(f.grid[outside])
+        self.ref = (f.grid, f.valid, patch_fractions(mask, self.seg.input_size))
 
     def match(self, image: np.ndarray | None = None) -> Candidates:
         """Candidates on ``image`` (or on the segmenter's current image if None)."""
-        if self.ref_pos is None:
+        if self.ref is None:
             from ppd.errors import ImageNotSetError
 
             raise ImageNotSetError("call set_reference(image, mask) first")
         if image is not None:
             self.seg.set_image(image)
         f = self.seg.features()
-        rows, cols = np.nonzero(f.valid)
-        tgt = _unit(f.grid[rows, cols])
-        claims = np.zeros((len(tgt), 2), bool)  # [negative, positive]
-        for lab, ref in ((1, self.ref_pos), (0, self.ref_neg)):
-            if len(ref):
-                nearest = (torch.as_tensor(ref) @ torch.as_tensor(tgt).T).argmax(1).numpy()
-                claims[np.unique(nearest), lab] = True
-        keep = claims.any(1) & ~claims.all(1)
-        h, w = self.seg.original_size
-        ps = f.patch_size
-        pts = np.stack([np.minimum((cols[keep] + 0.5) * ps, w - 1), np.minimum((rows[keep] + 0.5) * ps, h - 1)], 1)
-        return Candidates(points=pts.astype(np.float32), labels=claims[keep, 1].astype(np.int64))
+        return match_patches(*self.ref, f.grid, f.valid, f.patch_size, self.seg.original_size)
 
 
 def kmeans_thin(points: np.ndarray, labels: np.ndarray, k: int = 10, seed: int = 0) -> np.ndarray:

@@ -65,6 +65,12 @@ class TrainConfig:
     updates_per_step: int = 1  # gradient steps per agent per batched step
     checkpoint_minutes: float = 5.0
     seed: int = 0
+    # Beyond the paper: this share of defender episodes starts from a one-shot set (feature
+    # matching from another train image of the same dataset, k-means-thinned to fm_k per
+    # class, target = the whole mask), the kind of set the defender meets at inference.
+    fm_fraction: float = 0.5
+    fm_refs_per_image: int = 2
+    fm_k: int = 10
 
 
 def _mean_finite(xs: list[float]) -> float:
@@ -106,6 +112,8 @@ class Trainer:
         self.defender = DQNAgent.for_env(self.def_envs[0], cfg.defender, seed=cfg.seed + 1)
         self.round = self.env_steps = self.decodes = 0
         self.seconds = 0.0
+        self.rng = np.random.default_rng(cfg.seed + 99)
+        self.fm_starts = fm_start_sets(self.bank, cfg, progress) if cfg.fm_fraction > 0 else []
 
     # ------------------------------------------------------------------ playing
     @property
@@ -161,7 +169,11 @@ class Trainer:
         a = self._play(self.att_envs, self.attacker, [None] * len(self.att_envs))
         attacked = [{"image": e.image, "object": e.object,
                      "prompts": e.prompts.subset(np.nonzero(e.prompts.active & e.valid)[0])} for e in self.att_envs]
-        defs = [self._play(self.def_envs, self.defender, attacked) for _ in range(self.cfg.game.defender_repeats)]
+        defs = []
+        for _ in range(self.cfg.game.defender_repeats):
+            starts = [self.fm_starts[self.rng.integers(len(self.fm_starts))]
+                      if self.fm_starts and self.rng.random() < self.cfg.fm_fraction else att for att in attacked]
+            defs.append(self._play(self.def_envs, self.defender, starts))
         upd = a["update_s"] + sum(d["update_s"] for d in defs)
         n_upd = a["updates"] + sum(d["updates"] for d in defs)
         return {"dice_ideal": a["start"], "dice_attacked": a["end"],
@@ -237,7 +249,8 @@ class Trainer:
         save_pt({"torch_rng": torch_rng}, str(tmp / "rng.safetensors"))
         state = {"round": self.round, "env_steps": self.env_steps, "decodes": self.decodes, "seconds": self.seconds,
                  "config": asdict(self.cfg), "command": self.command,
-                 "env_rng": [e.np_random.bit_generator.state for e in self.att_envs + self.def_envs]}
+                 "env_rng": [e.np_random.bit_generator.state for e in self.att_envs + self.def_envs],
+                 "rng": self.rng.bit_generator.state}
         (tmp / "state.json").write_text(json.dumps(state, default=int))
         old = self.out / f".checkpoint.old{os.getpid()}"
         if final.exists():
@@ -269,6 +282,7 @@ class Trainer:
             torch.set_rng_state(load_pt(str(ck / "rng.safetensors"))["torch_rng"])
             for e, st in zip(self.att_envs + self.def_envs, state["env_rng"], strict=True):
                 e.np_random.bit_generator.state = st
+            self.rng.bit_generator.state = state["rng"]
         except (OSError, KeyError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"cannot resume from {ck}: {type(e).__name__}: {e}") from None
         self.round, self.env_steps = state["round"], state["env_steps"]
@@ -293,6 +307,37 @@ class Trainer:
         atomic_write(p, write)
 
 
+def fm_start_sets(bank: ImageBank, cfg: TrainConfig, progress: bool = True) -> list[dict]:
+    """One-shot defender start sets: for each image, ``fm_refs_per_image`` other images of its
+    dataset as references, feature matching, k-means thinning; the target is the whole mask."""
+    from tqdm.auto import tqdm
+
+    from ppd.game.objects import WHOLE
+    from ppd.oneshot import kmeans_thin, match_patches, patch_fractions
+    from ppd.prompts import PromptSet
+
+    rng = np.random.default_rng(cfg.seed + 7)
+    by_ds: dict[str, list[int]] = {}
+    for i, im in enumerate(bank.images):
+        by_ds.setdefault(im.sample.dataset, []).append(i)
+    starts = []
+    for i in tqdm(range(len(bank)), desc="one-shot start sets", disable=not progress):
+        im = bank.images[i]
+        others = [j for j in by_ds[im.sample.dataset] if j != i]
+        grid, valid, ps = im.features()
+        for r in rng.choice(others, min(cfg.fm_refs_per_image, len(others)), replace=False) if others else []:
+            ref = bank.images[int(r)]
+            rgrid, rvalid, _ = ref.features()
+            frac = patch_fractions(bank.objects(int(r)).mask(WHOLE), ref.input_size)
+            cand = match_patches(rgrid, rvalid, frac, grid, valid, ps, im.original_size)
+            if (cand.labels == 1).sum() == 0:
+                continue
+            idx = kmeans_thin(cand.points, cand.labels, cfg.fm_k, seed=int(r))
+            starts.append({"image": i, "object": WHOLE,
+                           "prompts": PromptSet.from_points(cand.points[idx], cand.labels[idx])})
+    return starts
+
+
 def plot_curves(log_csv: str | os.PathLike, out_png: str | os.PathLike) -> Path | None:
     """Training curves: Dice ideal / attacked / defended, returns, epsilon, TD losses."""
     import matplotlib
@@ -310,10 +355,13 @@ def plot_curves(log_csv: str | os.PathLike, out_png: str | os.PathLike) -> Path 
         return np.array([float(r[k]) if r[k] not in ("", "nan") else np.nan for r in rows])
 
     def smooth(y, k=max(1, len(rows) // 40)):
+        """Moving average that ignores NaNs and does not sag at the ends."""
         if k <= 1:
             return y
-        yy = np.where(np.isnan(y), np.nanmean(y) if np.isfinite(y).any() else 0, y)
-        return np.convolve(yy, np.ones(k) / k, mode="same")
+        ok = np.isfinite(y)
+        num = np.convolve(np.where(ok, y, 0.0), np.ones(k), mode="same")
+        den = np.convolve(ok.astype(float), np.ones(k), mode="same")
+        return np.where(den > 0, num / np.maximum(den, 1), np.nan)
 
     fig, ax = plt.subplots(2, 2, figsize=(11, 7))
     for k, lab in (("dice_ideal", "ideal prompts"), ("dice_attacked", "after attack"),

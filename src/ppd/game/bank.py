@@ -36,6 +36,13 @@ class BankImage:
         ih, iw = self.input_size
         return int(round(ih * LOWRES / 1024)), int(round(iw * LOWRES / 1024))
 
+    def features(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """(64, 64, C) float32 patch features, (64, 64) valid region, patch side in original pixels."""
+        ih, iw = self.input_size
+        valid = np.zeros((GRID, GRID), bool)
+        valid[: -(-ih // 16), : -(-iw // 16)] = True
+        return self.embedding[0].permute(1, 2, 0).float().numpy(), valid, 16 * self.original_size[0] / ih
+
     def lowres_scale(self) -> np.ndarray:
         """Original pixel (x, y) -> low-res (256) frame."""
         (h, w), (ih, iw) = self.original_size, self.input_size

@@ -151,7 +151,7 @@ class Arena:
         pts, labs = prompts.points[act], prompts.labels[act]
         trip = np.column_stack([pts, labs.astype(np.float32)])
         trip = trip[np.lexsort(trip.T[::-1])] if len(trip) else trip
-        key = (i, -1 if k is None else k, trip.tobytes())
+        key = (i, "no-gt" if k is None else k, trip.tobytes())
         wanted = [(float(x), float(y)) for x, y in prompts.points[valid]]
         out = self.memo.get(key)
         if out is not None and all(p in out.logit_at for p in wanted):

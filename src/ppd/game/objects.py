@@ -16,6 +16,7 @@ from scipy import ndimage
 from ppd.data import Sample
 
 EIGHT = np.ones((3, 3), bool)
+WHOLE = -1  # object index of the whole mask (all instances): the target of one-shot episodes
 
 
 @dataclass
@@ -48,5 +49,7 @@ class ObjectSource:
         return len(self.ids)
 
     def mask(self, k: int) -> np.ndarray:
-        """Boolean mask of object ``k`` (0-based among the kept objects)."""
+        """Boolean mask of object ``k`` (0-based among the kept objects); ``WHOLE`` = the whole mask."""
+        if k == WHOLE:
+            return self._labels > 0
         return self._labels == self.ids[k]

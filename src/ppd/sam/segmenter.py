@@ -133,6 +133,7 @@ class Segmenter:
 
         self._resize = ResizeLongestSide(IMG_SIZE)
         self._ctx: fast_decoder.ImageContext | None = None
+        self.decode_count = 0  # fast-path decodes made (for benchmarks)
         self._embedding: torch.Tensor | None = None
         self.original_size: tuple[int, int] = (0, 0)
         self.input_size: tuple[int, int] = (0, 0)
@@ -235,6 +236,7 @@ class Segmenter:
             b = check_box(box, self.original_size)
             box_t = torch.as_tensor(self.to_input_frame(b.reshape(2, 2)).reshape(1, 4), dtype=torch.float32)
         sparse, dense = pe(points=pt_arg, boxes=box_t, masks=None)
+        self.decode_count += 1
         low, iou = self.model.mask_decoder(
             image_embeddings=self._embedding, image_pe=pe.get_dense_pe(),
             sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask)
@@ -263,6 +265,7 @@ class Segmenter:
                            multimask: bool = False) -> LowResPrediction:
         """Fast path without validation, for points already in the 1024 input frame."""
         logits, iou = fast_decoder.decode_lowres(self.model, self._ctx, coords, labels, multimask)
+        self.decode_count += 1
         k = int(iou.argmax()) if multimask else 0
         return LowResPrediction(logits=logits[k], iou=float(iou[k]))
 
