@@ -104,3 +104,13 @@ def test_demo_oneshot_main_job(tmp_path, cache_dir, monkeypatch, capsys):
         for suffix in (".mask.png", ".overlay.png", ".prompts.json"):
             assert (tmp_path / f"{stem}{suffix}").is_file(), stem + suffix
         assert any(line.startswith(stem) for line in text.splitlines())
+
+
+def test_eval_agents_cli(tmp_path, cache_dir, capsys):
+    rc = main(["eval-agents", "--split", "val", "--datasets", "ecssd", "--limit", "2", "--no-oracle",
+               "--out", str(tmp_path), "--cache-dir", str(cache_dir)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "| ecssd | 2 |" in text and (tmp_path / "attack_defence.csv").is_file()
+    rows = (tmp_path / "attack_defence.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("dataset,image,object,ideal")

@@ -409,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--split", default="train")
     t.add_argument("--out", required=True, metavar="runs/NAME")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    t.add_argument("--decodes", dest="decode_budget", type=int, help="SAM decode budget (default 90000)")
+    t.add_argument("--decodes", dest="decode_budget", type=int, help="SAM decode budget (default 40000)")
     t.add_argument("--minutes", dest="max_minutes", type=float, help="wall-clock cap of the training loop")
     t.add_argument("--games", dest="n_games", type=int, help="games per round (default 8)")
     t.add_argument("--checkpoint-minutes", dest="checkpoint_minutes", type=float)
