@@ -135,13 +135,18 @@ def evaluate(samples, attacker: DQNAgent, defender: DQNAgent, segmenter, attack_
     return results
 
 
+def _pct(values: list[float]) -> str:
+    v = [x for x in values if np.isfinite(x)]
+    return f"{100 * np.mean(v):.1f}" if v else "–"
+
+
 def summarize(results: list[ObjectResult]) -> str:
     """Markdown table: mean Dice (%) per dataset and method."""
     lines = ["| dataset | objects | " + " | ".join(METHODS) + " | removed |",
              "|---|---|" + "---|" * len(METHODS) + "---|"]
     for ds in sorted({r.dataset for r in results} | {"all"}):
         rs = results if ds == "all" else [r for r in results if r.dataset == ds]
-        cells = [f"{100 * np.nanmean([r.dice[m] for r in rs]):.1f}" for m in METHODS]
+        cells = [_pct([r.dice[m] for r in rs]) for m in METHODS]
         lines.append(f"| {ds} | {len(rs)} | " + " | ".join(cells) +
                      f" | {np.mean([r.removed for r in rs]):.1f} / {np.mean([r.n_attacked for r in rs]):.1f} |")
     return "\n".join(lines)
