@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ppd import data
+from ppd.bench.bench_sam import stock_full_mask
 from ppd.game import Arena, GameConfig, ImageBank, PromptGame
 from ppd.metrics import dice
 from ppd.sam import Segmenter
@@ -104,21 +105,14 @@ def _naive(seg: Segmenter, bank: ImageBank, record: list) -> float:
     for i, k, _, _ in record:
         if (i, k) not in masks:
             masks[(i, k)] = bank.objects(i).mask(k)
-    m = seg.model  # the stock float32 decoder, as SamPredictor runs it
     t0 = time.perf_counter()
     for i, k, pts, labs in record:
         seg.use(bank.handle(i))
         if len(pts) == 0:
             full = np.zeros(seg.original_size, bool)
-        else:
-            with torch.inference_mode():
-                c = torch.as_tensor(seg.to_input_frame(pts), dtype=torch.float32)[None]
-                lab = torch.as_tensor(labs, dtype=torch.int64)[None]
-                sparse, dense = m.prompt_encoder(points=(c, lab), boxes=None, masks=None)
-                low, _ = m.mask_decoder(image_embeddings=seg.embedding, image_pe=m.prompt_encoder.get_dense_pe(),
-                                        sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                        multimask_output=False)
-                full = (m.postprocess_masks(low, seg.input_size, seg.original_size)[0, 0] > 0).numpy()
+        else:  # the stock float32 decoder + full-size upsampling, as SamPredictor runs it
+            full = stock_full_mask(seg, torch.as_tensor(seg.to_input_frame(pts), dtype=torch.float32),
+                                    torch.as_tensor(labs, dtype=torch.int64))
         dice(full, masks[(i, k)])
     return time.perf_counter() - t0
 

@@ -116,7 +116,7 @@ def _where_time_goes(seg: Segmenter, coords, labels, n: int = 20) -> list[tuple[
     return shares
 
 
-def _stock_full_mask(seg: Segmenter, c: torch.Tensor, lab: torch.Tensor) -> np.ndarray:
+def stock_full_mask(seg: Segmenter, c: torch.Tensor, lab: torch.Tensor) -> np.ndarray:
     """What a SamPredictor loop computes: stock decoder, upsampled to the original size."""
     m = seg.model
     with torch.inference_mode():
@@ -132,7 +132,7 @@ def _decode_fns(seg: Segmenter, prepared: list, gt: np.ndarray, gt_low: np.ndarr
     naive_it, fast_it = itertools.cycle(prepared), itertools.cycle(prepared)
 
     def naive() -> float:
-        return dice(_stock_full_mask(seg, *next(naive_it)), gt)
+        return dice(stock_full_mask(seg, *next(naive_it)), gt)
 
     def fast() -> float:
         return dice((seg.decode_input_frame(*next(fast_it)).logits > 0).numpy(), gt_low)
@@ -172,7 +172,7 @@ def run(data_root=None, n_images: int = 4, n_decodes: int = 30, n_points: int = 
         fast_t.append(_median_time(fast, n_decodes))
         for c, lab in prepared[:5]:
             a = seg.upsample(seg.decode_input_frame(c, lab).logits)
-            b = _stock_full_mask(seg, c, lab)
+            b = stock_full_mask(seg, c, lab)
             agree.append((a & b).sum() / max((a | b).sum(), 1))
     c0, l0 = prepared[0]
     stock_flops, fast_flops = decoder_flops(seg, c0, l0)

@@ -19,7 +19,7 @@ from ppd.data import Sample
 from ppd.game.objects import ObjectConfig, ObjectSource
 from ppd.graph import DualGraph, build_graph
 from ppd.sam import Segmenter
-from ppd.sam.segmenter import GRID, LOWRES, ImageHandle, preprocess_shape
+from ppd.sam.segmenter import LOWRES, ImageHandle, preprocess_shape, valid_patches
 
 
 @dataclass
@@ -38,10 +38,9 @@ class BankImage:
 
     def features(self) -> tuple[np.ndarray, np.ndarray, float]:
         """(64, 64, C) float32 patch features, (64, 64) valid region, patch side in original pixels."""
-        ih, iw = self.input_size
-        valid = np.zeros((GRID, GRID), bool)
-        valid[: -(-ih // 16), : -(-iw // 16)] = True
-        return self.embedding[0].permute(1, 2, 0).float().numpy(), valid, 16 * self.original_size[0] / ih
+        ih = self.input_size[0]
+        return (self.embedding[0].permute(1, 2, 0).float().numpy(), valid_patches(self.input_size),
+                16 * self.original_size[0] / ih)
 
     def lowres_scale(self) -> np.ndarray:
         """Original pixel (x, y) -> low-res (256) frame."""
@@ -62,12 +61,9 @@ class ImageBank:
             image = s.image()
             emb, sha = segmenter.embed(image)
             h, w = image.shape[:2]
-            ih, iw = preprocess_shape(h, w)
-            grid = emb[0].permute(1, 2, 0).numpy()
-            valid = np.zeros((GRID, GRID), bool)
-            valid[: -(-ih // 16), : -(-iw // 16)] = True
-            g = build_graph(grid, valid, 16 * h / ih, (h, w), grid=graph_grid, k=knn)
-            self.images.append(BankImage(s, emb.half(), sha, (h, w), (ih, iw), g))
+            im = BankImage(s, emb.half(), sha, (h, w), preprocess_shape(h, w), graph=None)
+            im.graph = build_graph(*im.features(), (h, w), grid=graph_grid, k=knn)
+            self.images.append(im)
         self._handles: OrderedDict[int, ImageHandle] = OrderedDict()
         self._objects: dict[int, ObjectSource] = {}
         self._soft: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()

@@ -210,11 +210,7 @@ class PromptGame(gym.Env):
     def action_mask(self) -> np.ndarray:
         p, v = self.prompts, self.valid
         if self.role == "attacker":
-            n = self.arena.cfg.pool_size
-            ok = v[:n] & ~p.active[:n]
-            tw = p.twin[:n]
-            ok &= (tw < 0) | p.active[np.maximum(tw, 0)]
-            return ok
+            return attack_mask(p, v, self.arena.cfg.pool_size)
         m = np.zeros(self.action_space.n, bool)
         m[: self.rows] = v & p.active
         if self.stop_action is not None:
@@ -269,9 +265,7 @@ class PromptGame(gym.Env):
         lo, hi = self.arena.cfg.attack_steps
         n = self.arena.cfg.pool_size
         for _ in range(int(rng.integers(lo, hi + 1))):
-            ok = valid[:n] & ~layout.active[:n]
-            tw = layout.twin[:n]
-            ok &= (tw < 0) | layout.active[np.maximum(tw, 0)]
+            ok = attack_mask(layout, valid, n)
             if not ok.any():
                 break
             a = int(rng.choice(np.nonzero(ok)[0]))
@@ -326,6 +320,14 @@ def decode_summary(logits, mask: np.ndarray, graph, scale: np.ndarray,
         else:
             logit_at[(x, y)] = float(logits[min(int(y * scale[1]), 255), min(int(x * scale[0]), 255)])
     return node_frac, logit_at
+
+
+def attack_mask(prompts: PromptSet, valid: np.ndarray, n: int) -> np.ndarray:
+    """Valid attacker moves among the first ``n`` (pool) rows: inactive candidates, and a
+    mislabel candidate only while the prompt it copies is still active."""
+    ok = valid[:n] & ~prompts.active[:n]
+    tw = prompts.twin[:n]
+    return ok & ((tw < 0) | prompts.active[np.maximum(tw, 0)])
 
 
 def apply_attack(prompts: PromptSet, slot: int) -> None:

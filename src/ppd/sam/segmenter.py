@@ -281,10 +281,16 @@ class Segmenter:
         """Per-patch SAM features on the 64x64 grid, with the image's valid region marked."""
         self._require_image()
         grid = self._embedding[0].permute(1, 2, 0).numpy().copy()
-        ih, iw = self.input_size
-        valid = np.zeros((GRID, GRID), bool)
-        valid[: -(-ih // 16), : -(-iw // 16)] = True
-        return PatchFeatures(grid=grid, valid=valid, patch_size=16 * self.original_size[0] / ih)
+        return PatchFeatures(grid=grid, valid=valid_patches(self.input_size),
+                             patch_size=16 * self.original_size[0] / self.input_size[0])
+
+
+def valid_patches(input_size: tuple[int, int]) -> np.ndarray:
+    """(64, 64) bool: embedding patches that overlap the resized image (not SAM's padding)."""
+    ih, iw = input_size
+    valid = np.zeros((GRID, GRID), bool)
+    valid[: -(-ih // 16), : -(-iw // 16)] = True
+    return valid
 
 
 def downsample_mask(mask: np.ndarray, valid_shape: tuple[int, int]) -> np.ndarray:
