@@ -10,7 +10,6 @@ folder of ``images/`` + ``masks/`` (matched by file stem) loads the same way.
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ppd.errors import DataError
-from ppd.io import read_image, read_mask
+from ppd.io import file_sha256, read_image, read_mask
 
 #: Where the project's shared data sit, relative to the repository root.
 DEFAULT_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -108,14 +107,6 @@ def load_dataset(root: str | os.PathLike | None = None, dataset: str | None = No
     return samples
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def iter_checksums(root: Path) -> Iterator[tuple[str, str]]:
     path = root / "SHA256SUMS"
     if not path.is_file():
@@ -141,7 +132,7 @@ def verify(root: str | os.PathLike | None = None, files: Iterable[str] | None = 
         p = root / name
         if not p.is_file():
             raise DataError(f"{p} listed in SHA256SUMS is missing")
-        if _sha256(p) != digest:
+        if file_sha256(p) != digest:
             raise DataError(f"{p} does not match SHA256SUMS (corrupt or modified)")
         n += 1
     if wanted is not None and n != len(wanted):

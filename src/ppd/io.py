@@ -44,6 +44,17 @@ def _open(path: str | os.PathLike, what: str, error: type[Exception]) -> Image.I
     return im
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 hex digest of a file, read in 1 MiB blocks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _stretch_to_uint8(arr: np.ndarray) -> np.ndarray:
     """Linearly map a high-bit-depth array's [min, max] onto [0, 255]."""
     arr = arr.astype(np.float64)

@@ -10,7 +10,6 @@ so a tampered file can never execute code.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import warnings
@@ -18,6 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ppd.errors import CheckpointError
+from ppd.io import file_sha256
 
 MOBILE_SAM_SHA256 = "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f"
 MOBILE_SAM_BYTES = 40_728_226
@@ -48,14 +48,6 @@ def resolve_checkpoint(path: str | os.PathLike | None = None) -> Path:
     if not p.is_file():
         raise CheckpointError(f"MobileSAM checkpoint from {source} does not exist: {p}; {_FIX}")
     return p
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @lru_cache(maxsize=8)
