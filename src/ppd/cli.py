@@ -319,6 +319,28 @@ def cmd_eval_agents(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- eval
+def cmd_eval(args) -> int:
+    from ppd.errors import ConfigError
+    from ppd.evaluate import harness
+    from ppd.sam.cache import default_cache_dir
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    for name in ("references", "limit", "k"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise ConfigError(f"--{name} must be at least 1, got {v}")
+    cfg = harness.EvalConfig(k=args.k, seed=args.seed, attack_steps=args.attack_steps)
+    cache_root = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    rows, summary = harness.run(args.data, args.dataset, args.split, methods, references=args.references,
+                                reference_id=args.reference, limit=args.limit, out_dir=args.out, cfg=cfg,
+                                defender=args.defender, attacker=args.attacker, segmenter=_segmenter(args),
+                                cache_path=cache_root / "eval" / "results.jsonl", argv=sys.argv)
+    print(harness.format_table(summary))
+    print(f"wrote {args.out}/summary.md, summary.csv, per_image.csv, run.json")
+    return 0
+
+
 # ----------------------------------------------------------------------------- data
 def cmd_data(args) -> int:
     from ppd import data
@@ -344,6 +366,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ppd.evaluate.harness import METHODS
+
     p = _Parser(prog="ppd", description="Point Prompt Defender: robust point prompts for SAM.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
@@ -432,6 +456,23 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="write attack_defence.csv / .md here")
     e.add_argument("--cache-dir")
     e.set_defaults(func=cmd_eval_agents)
+
+    ev = sub.add_parser("eval", help="one-shot evaluation of methods on a dataset (results table)")
+    ev.add_argument("--data", help="data root: manifest.csv layout or images/ + masks/ (default ../shared/data)")
+    ev.add_argument("--dataset", help="dataset name (required when the split holds several)")
+    ev.add_argument("--split", default="eval")
+    ev.add_argument("--methods", help="comma-separated (default: all): " + ", ".join(METHODS))
+    ev.add_argument("--references", type=int, default=5, help="seeded reference images (default 5)")
+    ev.add_argument("--reference", help="use this image id as the only reference")
+    ev.add_argument("--limit", type=int, help="a seeded subset of N targets")
+    ev.add_argument("--out", required=True, metavar="DIR")
+    ev.add_argument("--defender", help="defender checkpoint, or 'untrained' (default: the shipped one)")
+    ev.add_argument("--attacker", help="attacker checkpoint (default: the shipped one)")
+    ev.add_argument("-k", type=int, default=10, help="prompts kept per class by k-means (default 10)")
+    ev.add_argument("--attack-steps", type=int, default=8, help="attacker moves for ideal-attacked (default 8)")
+    ev.add_argument("--seed", type=int, default=0)
+    sam_opts(ev)
+    ev.set_defaults(func=cmd_eval)
 
     dt = sub.add_parser("data", help="inspect or verify a data root")
     dt.add_argument("what", choices=["verify", "list"])

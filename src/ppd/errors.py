@@ -43,3 +43,7 @@ class CacheError(PPDError):
 
 class ImageNotSetError(PPDError, RuntimeError):
     """A prediction was asked for before ``set_image``."""
+
+
+class ConfigError(PPDError, ValueError):
+    """A setting is invalid: an unknown method name, a count below one, ..."""

@@ -28,6 +28,7 @@ import numpy as np
 from ppd.agents import DQNAgent
 from ppd.game import Arena, GameConfig, ImageBank, PromptGame
 from ppd.metrics import dice
+from ppd.prompts import PromptSet
 from ppd.refine import Defender
 
 METHODS = ("ideal", "attacked", "defended", "random", "untrained", "oracle")
@@ -49,8 +50,12 @@ def _full_dice(seg, pts, labs, gt) -> float:
     return dice(seg.predict(pts, labs).mask, gt)
 
 
-def _oracle(seg, pts, labs, gt, max_removals: int) -> float:
-    """Greedy GT-guided removal; candidates scored on the fast path (low-res Dice), the result full-res."""
+def greedy_oracle(seg, pts, labs, gt, max_removals: int) -> np.ndarray:
+    """Keep-mask of GT-guided greedy removal (the best single removal while it helps).
+
+    Candidates are scored on the fast path (low-res Dice against the downsampled
+    ground truth); the caller decodes the kept set at full resolution.
+    """
     from ppd.sam import downsample_mask
 
     gt_low = downsample_mask(gt, seg.lowres_valid_shape)
@@ -75,7 +80,18 @@ def _oracle(seg, pts, labs, gt, max_removals: int) -> float:
         if d <= best:
             break
         best, keep[j] = d, False
-    return _full_dice(seg, pts[keep], labs[keep], gt)
+    return keep
+
+
+def attack(env: PromptGame, attacker: DQNAgent, i: int, k: int, steps: int) -> tuple[PromptSet, PromptSet]:
+    """The ideal prompts of object ``k`` of bank image ``i`` and the set after ``steps`` greedy attacker moves."""
+    obs, info = env.reset(options={"image": i, "object": k, "horizon": steps})
+    ideal = env.prompts.subset(np.nonzero(env.prompts.active & env.valid)[0])
+    done = False
+    while not done:
+        a = attacker.act(obs["slots"][None], obs["context"][None], info["action_mask"][None], 0.0)[0]
+        obs, _, done, _, info = env.step(int(a))
+    return ideal, env.prompts.subset(np.nonzero(env.prompts.active & env.valid)[0])
 
 
 def evaluate(samples, attacker: DQNAgent, defender: DQNAgent, segmenter, attack_steps: int = 8,
@@ -102,13 +118,7 @@ def evaluate(samples, attacker: DQNAgent, defender: DQNAgent, segmenter, attack_
     for i, k in tqdm(targets, desc="objects", disable=not progress):
         im = bank.images[i]
         gt = bank.objects(i).mask(k)
-        obs, info = env.reset(options={"image": i, "object": k, "horizon": attack_steps})
-        ideal = env.prompts.subset(np.nonzero(env.prompts.active & env.valid)[0])
-        done = False
-        while not done:
-            a = attacker.act(obs["slots"][None], obs["context"][None], info["action_mask"][None], 0.0)[0]
-            obs, _, done, _, info = env.step(int(a))
-        att = env.prompts.subset(np.nonzero(env.prompts.active & env.valid)[0])
+        ideal, att = attack(env, attacker, i, k, attack_steps)
         image = im.sample.image()
         dfd.set_image(image)
         untrained.graph, untrained.seg = dfd.graph, dfd.seg
@@ -123,7 +133,11 @@ def evaluate(samples, attacker: DQNAgent, defender: DQNAgent, segmenter, attack_
              "attacked": _full_dice(seg, att.points, att.labels, gt),
              "defended": dice(r.mask, gt), "random": _full_dice(seg, att.points[keep], att.labels[keep], gt),
              "untrained": dice(ru.mask, gt)}
-        d["oracle"] = _oracle(seg, att.points, att.labels, gt, 15) if oracle else float("nan")
+        if oracle:
+            ko = greedy_oracle(seg, att.points, att.labels, gt, 15)
+            d["oracle"] = _full_dice(seg, att.points[ko], att.labels[ko], gt)
+        else:
+            d["oracle"] = float("nan")
         results.append(ObjectResult(im.sample.dataset, im.sample.id, k, d, n_rm, len(att)))
     if out_csv:
         with open(out_csv, "w", newline="") as f:
