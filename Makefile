@@ -1,5 +1,5 @@
 # The two commands of the README. Both create .venv/ first if it is missing or stale.
-.PHONY: demo test lint bench venv
+.PHONY: demo test lint bench venv results
 
 venv:
 	@bash scripts/setup-venv.sh
@@ -16,3 +16,11 @@ lint: venv
 
 bench: venv
 	.venv/bin/ppd bench sam
+
+# docs/RESULTS.md: one-shot eval split, 5 seeded references, seeded target subsets (see the doc).
+RESULTS_LIMITS = kvasir:40 ph2:30 ecssd:30
+results: venv
+	for spec in $(RESULTS_LIMITS); do \
+	  .venv/bin/ppd eval --dataset $${spec%%:*} --limit $${spec##*:} --out docs/results/$${spec%%:*} || exit 1; \
+	done
+	.venv/bin/python -m ppd.evaluate.report docs/results --out docs/RESULTS.md

@@ -475,6 +475,10 @@ def run(data_root=None, dataset: str | None = None, split: str = "eval", methods
     from ppd.sam import Segmenter
     from ppd.sam.cache import default_cache_dir
 
+    methods = list(methods or METHODS)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
     samples = data.load_dataset(data_root, split=split)
     names = sorted({s.dataset for s in samples})
     if dataset is None:
@@ -485,7 +489,6 @@ def run(data_root=None, dataset: str | None = None, split: str = "eval", methods
     samples = [s for s in samples if s.dataset == dataset]
     if not samples:
         raise DataError(f"no {split} images of dataset {dataset!r} (have: {', '.join(names) or 'none'})")
-    methods = list(methods or METHODS)
     refs, targets = select(samples, references, reference_id, limit, cfg.seed)
     if out_dir is not None:
         from ppd.io import check_writable
