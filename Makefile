@@ -18,7 +18,7 @@ bench: venv
 	.venv/bin/ppd bench sam
 
 # docs/RESULTS.md: one-shot eval split, 5 seeded references, seeded target subsets (see the doc).
-RESULTS_LIMITS = kvasir:40 ph2:30 ecssd:30
+RESULTS_LIMITS = kvasir:40 ph2:20 ecssd:20
 results: venv
 	for spec in $(RESULTS_LIMITS); do \
 	  .venv/bin/ppd eval --dataset $${spec%%:*} --limit $${spec##*:} --out docs/results/$${spec%%:*} || exit 1; \

@@ -143,6 +143,8 @@ def test_every_method_runs_on_a_real_image(segmenter, ecssd_val):
     assert rows["fm-random"].n_kept == rows["fm-ppd"].n_kept  # as many removals as the defender made
     assert rows["fm-greedy-oracle"].dice >= rows["fm-kmeans"].dice - 0.02  # greedy only removes when it helps
     assert rows["fm"].n_prompts > n
+    assert rows["ideal-attacked-random"].n_kept == rows["ideal-attacked-defended"].n_kept
+    assert rows["ideal-attacked-random"].n_prompts == rows["ideal-attacked"].n_prompts
     assert rows["ideal-attacked"].n_prompts >= rows["ideal"].n_prompts - 8
 
 
@@ -181,3 +183,45 @@ def test_cli_eval_bad_input_is_one_line(tmp_path, argv, message, capsys):
     rc = main(["eval", "--out", str(tmp_path / "o"), *argv])
     err = capsys.readouterr().err
     assert rc == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_report_from_a_real_eval_run(segmenter, tmp_path, data_root):
+    """docs/RESULTS.md's generator on a tiny real run: tables, bootstrap line, chart and overlays."""
+    from ppd.evaluate import report
+
+    res = tmp_path / "results"
+    harness.run(data_root, "ecssd", "val", ["fm-kmeans", "fm-ppd", "fm-greedy-oracle", "persam"], references=2,
+                limit=3, out_dir=res / "ecssd", segmenter=segmenter, cache_path=tmp_path / "rows.jsonl",
+                progress=False)
+    text = report.build(res, tmp_path / "RESULTS.md")
+    assert (tmp_path / "RESULTS.md").read_text() == text
+    assert "### ecssd" in text and "| **fm-ppd** |" in text and "share of oracle gain" in text
+    assert (res / "bars.png").stat().st_size > 1000
+    pngs = list((res / "overlays").glob("ecssd_*.png"))
+    assert 1 <= len(pngs) <= 3 and all(f"results/overlays/{p.name}" in text for p in pngs)
+    rows = report._read_csv(res / "ecssd" / "per_image.csv")
+    km, pp = report.per_target(rows, "fm-kmeans"), report.per_target(rows, "fm-ppd")
+    gain, lo, hi = report.paired_bootstrap(pp, km)
+    assert lo <= gain <= hi
+    assert gain == pytest.approx(100 * np.mean([pp[t] - km[t] for t in km]))
+    assert f"{gain:+.1f} [{lo:+.1f}, {hi:+.1f}]" in text
+
+
+def test_cli_eval_mask_size_mismatch(tmp_path, ecssd_val, cache_dir, capsys):
+    from PIL import Image
+
+    from ppd.cli import main
+
+    folder = tmp_path / "bad"
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    for s in ecssd_val[:2]:
+        shutil.copy(s.image_path, folder / "images" / s.image_path.name)
+        m = Image.open(s.mask_path)
+        m.resize((m.width // 2, m.height // 2)).save(folder / "masks" / s.mask_path.name)
+    out = tmp_path / "out"
+    rc = main(["eval", "--data", str(folder), "--methods", "oracle-box", "--reference", ecssd_val[0].id,
+               "--out", str(out), "--cache-dir", str(cache_dir)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "mask is" in err and len(err.strip().splitlines()) == 1
+    assert not (out / "summary.md").exists() and not (out / "per_image.csv").exists()

@@ -291,7 +291,7 @@ def cmd_train(args) -> int:
     cfg = None
     if not args.resume:
         cfg = train.TrainConfig(seed=args.seed)
-        for k in ("decode_budget", "max_minutes", "n_games", "checkpoint_minutes"):
+        for k in ("decode_budget", "max_minutes", "n_games", "checkpoint_minutes", "fm_fraction", "fm_refs_per_image"):
             v = getattr(args, k)
             if v is not None:
                 cfg = replace(cfg, **{k: v})
@@ -438,6 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--games", dest="n_games", type=int, help="games per round (default 8)")
     t.add_argument("--checkpoint-minutes", dest="checkpoint_minutes", type=float)
     t.add_argument("--learning-starts", type=int, help="transitions before the first update")
+    t.add_argument("--fm-fraction", type=float, help="share of defender episodes from one-shot sets (default 0.5)")
+    t.add_argument("--fm-refs", dest="fm_refs_per_image", type=int,
+                   help="references per train image for the one-shot sets (default 2)")
     t.add_argument("--images", type=int, help="train on a seeded subset of N images (smoke runs)")
     t.add_argument("--seed", type=int, default=0)
     sam_opts(t)

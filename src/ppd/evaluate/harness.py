@@ -51,6 +51,8 @@ METHODS: dict[str, tuple[bool, bool, bool, str]] = {
     "ideal": (False, False, False, "the game's ideal prompts from the GT"),
     "ideal-attacked": (False, False, True, "ideal prompts after the attacker (T steps)"),
     "ideal-attacked-defended": (False, True, True, "the attacked set refined by the defender"),
+    "ideal-attacked-random": (False, True, True, "the attacked set minus as many random prompts as the defender "
+                                                 "removed"),
 }
 TRAINING_FREE = ("fm", "fm-kmeans", "fm-random", "fm-gbmseg", "persam")
 
@@ -146,6 +148,14 @@ def agent_sha(spec, role: str) -> str:
     return h.hexdigest()
 
 
+def _pair(s: Sample) -> tuple[np.ndarray, np.ndarray]:
+    image, mask = s.image(), s.mask()
+    if mask.shape != image.shape[:2]:
+        raise DataError(f"{s.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]}, "
+                        f"image {image.shape[1]}x{image.shape[0]}")
+    return image, mask
+
+
 class Harness:
     """Runs methods on (target, reference) pairs with one segmenter, caching every row."""
 
@@ -233,9 +243,12 @@ class Harness:
     def _reference(self, ref: Sample) -> tuple:
         from ppd.oneshot import patch_fractions
 
-        self.seg.set_image(ref.image())
+        image, mask = _pair(ref)
+        if not mask.any():
+            raise DataError(f"{ref.mask_path}: the reference mask is empty")
+        self.seg.set_image(image)
         f = self.seg.features()
-        return f.grid, f.valid, patch_fractions(ref.mask(), self.seg.input_size)
+        return f.grid, f.valid, patch_fractions(mask, self.seg.input_size)
 
     def _put(self, key: str, t: Sample, method: str, ref: Sample | None, mask: np.ndarray, gt: np.ndarray,
              seconds: float, n_prompts: int, n_kept: int) -> None:
@@ -247,10 +260,7 @@ class Harness:
         from ppd.evaluate.attack_defence import greedy_oracle
         from ppd.oneshot import kmeans_thin, match_patches
 
-        image, gt = t.image(), t.mask()
-        if gt.shape != image.shape[:2]:
-            raise DataError(f"{t.mask_path}: mask is {gt.shape[1]}x{gt.shape[0]}, "
-                            f"image {image.shape[1]}x{image.shape[0]}")
+        image, gt = _pair(t)
         seg, cfg = self.seg, self.cfg
         need_graph = any(m in ("fm-ppd", "fm-random") for m, _ in todo)
         t0 = time.perf_counter()
@@ -349,6 +359,7 @@ class Harness:
         return len(pts) - int(self.defender.refine(pts, labs).kept.sum())
 
     def _ideal(self, t: Sample, image: np.ndarray, gt: np.ndarray, methods: list[str], keys: dict, decode) -> None:
+        from ppd.evaluate import baselines
         from ppd.evaluate.attack_defence import attack
         from ppd.game import Arena, GameConfig, ImageBank, PromptGame
         from ppd.game.objects import WHOLE
@@ -357,24 +368,37 @@ class Harness:
         t0 = time.perf_counter()
         bank = ImageBank(self.seg, [t], graph_grid=gcfg.graph_grid, knn=gcfg.knn, progress=False)
         env = PromptGame(Arena(bank, gcfg), "attacker", seed=self.cfg.seed, strict=True)
-        if "ideal-attacked" in methods or "ideal-attacked-defended" in methods:
+        if any(m.startswith("ideal-attacked") for m in methods):
             ideal, att = attack(env, self.attacker, 0, WHOLE, self.cfg.attack_steps)
         else:
             ideal, _, _ = env.arena.attack_layout(0, WHOLE)
             ideal, att = ideal.subset(np.nonzero(ideal.active)[0]), None
         setup = time.perf_counter() - t0
         self.seg.set_image(image)
-        for m in methods:
+        removed = None
+        for m in [m for m in METHODS if m in methods]:  # fixed order: defended before random
             t1 = time.perf_counter()
             if m == "ideal":
                 p = ideal
                 mask, n_in, n_kept = decode(p.points, p.labels), len(p), len(p)
             elif m == "ideal-attacked":
                 mask, n_in, n_kept = decode(att.points, att.labels), len(att), len(att)
-            else:
+            elif m == "ideal-attacked-defended":
                 self.defender.set_image(image)
                 res = self.defender.refine(att.points, att.labels)
                 mask, n_in, n_kept = res.mask, len(att), int(res.kept.sum())
+                removed = n_in - n_kept
+            else:  # ideal-attacked-random
+                if removed is None:
+                    row = self.cache.get(self.key("ideal-attacked-defended", t, None))
+                    if row is None:
+                        self.defender.set_image(image)
+                        removed = len(att) - int(self.defender.refine(att.points, att.labels).kept.sum())
+                    else:
+                        removed = row.n_prompts - row.n_kept
+                rng = np.random.default_rng([self.cfg.seed, int(hashlib.sha256(t.id.encode()).hexdigest()[:8], 16)])
+                keep = baselines.random_removal(att.labels, removed, rng)
+                mask, n_in, n_kept = decode(att.points[keep], att.labels[keep]), len(att), int(keep.sum())
             self._put(keys[(m, "-")], t, m, None, mask, gt, setup + time.perf_counter() - t1, n_in, n_kept)
 
 
