@@ -63,7 +63,9 @@ class EvalConfig:
     seed: int = 0  # references, target subset, k-means, random removal, attacker layouts
     attack_steps: int = 8  # attacker moves T for ideal-attacked
     greedy_max_removals: int = 15
-    version: int = 1  # bump when a method's definition changes (it is part of every cache key)
+    # part of every cache key: bump it when a method's definition or the Defender's default
+    # inference settings (ppd.refine: stop rule, removal budget) change
+    version: int = 1
 
 
 @dataclass
