@@ -202,7 +202,7 @@ def test_report_from_a_real_eval_run(segmenter, tmp_path, data_root):
     assert (tmp_path / "RESULTS.md").read_text() == text
     assert "### ecssd" in text and "| **fm-ppd** |" in text and "share of oracle gain" in text
     assert (res / "bars.png").stat().st_size > 1000
-    pngs = list((res / "overlays").glob("ecssd_*.png"))
+    pngs = list((res / "overlays").glob("ecssd_*.jpg"))
     assert 1 <= len(pngs) <= 3 and all(f"results/overlays/{p.name}" in text for p in pngs)
     rows = report._read_csv(res / "ecssd" / "per_image.csv")
     km, pp = report.per_target(rows, "fm-kmeans"), report.per_target(rows, "fm-ppd")

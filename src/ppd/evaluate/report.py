@@ -25,6 +25,7 @@ PAPER = {"VOC": {"PerSAM": 51.4, "GBMSeg": 56.7, "FM": 41.3, "FM-PPD": 73.0},
          "Kvasir": {"PerSAM": 27.4, "GBMSeg": 38.1, "FM": 31.4, "FM-PPD": 64.1}}
 OURS_FOR_PAPER = {"Kvasir": "kvasir", "ISIC": "ph2", "VOC": "ecssd"}
 KVASIR_TARGET = 65.0
+THUMB_HEIGHT = 240  # overlay strips are downscaled to this height
 
 
 def _read_csv(path: Path) -> list[dict]:
@@ -87,8 +88,10 @@ def _bars(summaries: dict[str, list[dict]], out_png: Path) -> None:
 
 def _overlays(results: Path, datasets: dict[str, dict], per: int = 2) -> list[tuple[str, str, str, float, float]]:
     """Re-run FM -> k-means -> defender on the targets with the largest gain and loss (first reference)."""
+    from PIL import Image
+
     from ppd import data
-    from ppd.io import write_png
+    from ppd.io import atomic_write
     from ppd.oneshot import FeatureMatcher, kmeans_thin
     from ppd.refine import Defender
     from ppd.sam import Segmenter
@@ -124,8 +127,11 @@ def _overlays(results: Path, datasets: dict[str, dict], per: int = 2) -> list[tu
             left = overlay(image, before, pts, labs)
             right = overlay(image, res.mask, pts[k], labs[k], pts[~k], labs[~k])
             gt = overlay(image, s.mask())
-            name = f"{ds}_{t}.png"
-            write_png(out_dir / name, np.concatenate([gt, left, right], 1))
+            name = f"{ds}_{t}.jpg"
+            strip = Image.fromarray(np.concatenate([gt, left, right], 1))
+            scale = THUMB_HEIGHT / strip.height  # small figures: the images' licences are research-use
+            strip = strip.resize((round(strip.width * scale), THUMB_HEIGHT), Image.LANCZOS)
+            atomic_write(out_dir / name, lambda tmp, im=strip: im.save(tmp, format="JPEG", quality=85))
             made.append((ds, t, f"results/overlays/{name}", km[t], pp[t]))
     return made
 
@@ -150,11 +156,13 @@ def build(results: str | Path, out_md: str | Path, overlays: bool = True) -> str
          "this 2-core CPU, K = 10 prompts per class after k-means. Never tuned on these numbers.", "",
          "Protocol (`ppd eval`, see `src/ppd/evaluate/harness.py`): per dataset 5 seeded reference images "
          "(seed 0); the targets are a seeded subset of the other eval images (`--limit`, because a full "
-         "run does not fit a session: the greedy oracle alone costs ~4 s per target and reference); "
+         "run does not fit a session: the greedy oracle alone costs ~7 s per target and reference); "
          "the same references and targets for every method; whole masks; Dice / IoU at the stored "
          "size, no post-processing; mean over targets for each reference, then mean ± sd over the 5 "
          "references; `s/img` = seconds of the method's own prompt engineering and decodes per target "
-         "(target encoder excluded, ~1.0 s, shared by all methods).", ""]
+         "(target encoder excluded, ~1.0 s, shared by all methods), measured inside these runs, some of "
+         "which shared the 2 cores with other jobs: read them as relative costs (`ppd bench refine` gives "
+         "clean timings).", ""]
     L += ["## Tables", ""]
     for ds, v in datasets.items():
         run = v["run"]
@@ -174,7 +182,8 @@ def build(results: str | Path, out_md: str | Path, overlays: bool = True) -> str
           "(fm-ppd − fm-kmeans) / (fm-greedy-oracle − fm-kmeans): how much of what removal-only "
           "refinement could gain the defender captures.", "",
           "| dataset | fm-kmeans | fm-ppd | gain [95 % CI] | fm-random gain | greedy oracle | share of oracle gain |"
-          " best training-free baseline | target met? |", "|---|---|---|---|---|---|---|---|---|"]
+          " prompts kept (fm-ppd / oracle) | best training-free baseline | target met? |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
     verdicts = []
     for ds, v in datasets.items():
         rows = v["rows"]
@@ -191,8 +200,14 @@ def build(results: str | Path, out_md: str | Path, overlays: bool = True) -> str
         beats = sm["fm-ppd"] > base[best]
         met = beats and (ds != "kvasir" or sm["fm-ppd"] >= KVASIR_TARGET)
         verdicts.append((ds, beats, met))
+
+        def kept(m, rows=rows):
+            ks = [float(r["n_kept"]) for r in rows if r["method"] == m]
+            return f"{np.mean(ks):.1f}" if ks else "–"
+        n_in = np.mean([float(r["n_prompts"]) for r in rows if r["method"] == "fm-ppd"])
         L.append(f"| {ds} | {sm['fm-kmeans']:.1f} | {sm['fm-ppd']:.1f} | {g:+.1f} [{lo:+.1f}, {hi:+.1f}] | "
-                 f"{rnd:+.1f} | {orc:.1f} | {100 * share:.0f} % | {best} {base[best]:.1f} | "
+                 f"{rnd:+.1f} | {orc:.1f} | {100 * share:.0f} % | {kept('fm-ppd')} / {kept('fm-greedy-oracle')} "
+                 f"of {n_in:.1f} | {best} {base[best]:.1f} | "
                  f"{'yes' if met else 'no'} |")
     L += ["", f"**Project target** (DEVELOPERS.md): the shipped defender, fed the k-means-thinned FM set, beats "
           f"every training-free baseline ({', '.join(TRAINING_FREE)}) on every eval dataset and reaches "
@@ -226,7 +241,9 @@ def build(results: str | Path, out_md: str | Path, overlays: bool = True) -> str
         L += ["## Examples", "",
               "Left to right: ground truth; the fm-kmeans set and SAM's mask; what the defender keeps "
               "(discs) and suppresses (yellow crosses; ring colour = label) and SAM's mask. First reference; "
-              "the targets where the defender gained most, and where it lost most.", ""]
+              "the targets where the defender gained most, and where it lost most. Thumbnails derived from "
+              "Kvasir-SEG, PH2 and ECSSD images (research-use terms, see `../shared/data/README.md`), shown "
+              "only to illustrate the results.", ""]
         for ds, t, path, a, b in made:
             L += [f"**{ds} {t}**: fm-kmeans {100 * a:.1f} → fm-ppd {100 * b:.1f}", "", f"![{ds} {t}]({path})", ""]
     text = "\n".join(L) + "\n"
