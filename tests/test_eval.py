@@ -220,7 +220,7 @@ def test_cli_eval_mask_size_mismatch(tmp_path, ecssd_val, cache_dir, capsys):
     folder = _plain_folder(tmp_path / "bad", ecssd_val[:2])
     for p in (folder / "masks").iterdir():
         m = Image.open(p)
-        m.resize((m.width // 2, m.height // 2)).save(p)
+        m.resize((m.width // 2, m.height // 2), Image.NEAREST).save(p)
     out = tmp_path / "out"
     rc = main(["eval", "--data", str(folder), "--methods", "oracle-box", "--reference", ecssd_val[0].id,
                "--out", str(out), "--cache-dir", str(cache_dir)])

@@ -80,6 +80,19 @@ def to_rgb(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
 
 
+def stored_size(path: str | os.PathLike, what: str = "image") -> tuple[int, int]:
+    """(H, W) of an image file as :func:`read_image` / :func:`read_mask` would return it,
+    without converting pixels (EXIF rotations by 90 degrees swap the sides)."""
+    err = InvalidImageError if what == "image" else InvalidMaskError
+    im = _open(path, what, err)
+    w, h = im.size
+    try:
+        turned = im.getexif().get(0x0112) in (5, 6, 7, 8)
+    except Exception:  # a broken EXIF block: read_image would ignore it too
+        turned = False
+    return (w, h) if turned else (h, w)
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image file as ``HxWx3 uint8`` RGB (see :func:`to_rgb` for conversions)."""
     im = _open(path, "image", InvalidImageError)

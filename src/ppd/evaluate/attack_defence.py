@@ -96,7 +96,7 @@ def attack(env: PromptGame, attacker: DQNAgent, i: int, k: int, steps: int) -> t
 
 def evaluate(samples, attacker: DQNAgent, defender: DQNAgent, segmenter, attack_steps: int = 8,
              nuclei_per_image: int = 5, seed: int = 0, out_csv: str | Path | None = None,
-             progress: bool = True, oracle: bool = True, myopic: bool = True) -> list[ObjectResult]:
+             progress: bool = True, oracle: bool = True, myopic: bool = False) -> list[ObjectResult]:
     from tqdm.auto import tqdm
 
     cfg = GameConfig()

@@ -63,8 +63,8 @@ class EvalConfig:
     seed: int = 0  # references, target subset, k-means, random removal, attacker layouts
     attack_steps: int = 8  # attacker moves T for ideal-attacked
     greedy_max_removals: int = 15
-    # part of every cache key: bump it when a method's definition or the Defender's default
-    # inference settings (ppd.refine: stop rule, removal budget) change
+    # part of every cache key: bump it when a method's definition changes (the defender's
+    # weights and inference settings are in the keys of the rows that use it)
     version: int = 1
 
 
@@ -138,16 +138,37 @@ def select(samples: list[Sample], references: int = 5, reference_id: str | None 
 
 
 def agent_sha(spec, role: str) -> str:
-    """Hash of an agent's weights and configuration (``untrained``: its seed and shape)."""
+    """Hash of an agent's weights and configuration (and, for the defender, its inference settings)."""
     from ppd.refine import shipped_agent_path
 
-    if spec is not None and str(spec) == "untrained":
-        return "untrained"
-    base = shipped_agent_path(role) if spec is None else Path(spec).with_suffix("")
     h = hashlib.sha256()
-    for suffix in (".safetensors", ".json"):
-        h.update(file_sha256(base.with_suffix(suffix)).encode())
+    if spec is not None and str(spec) == "untrained":
+        h.update(b"untrained")
+    else:
+        base = shipped_agent_path(role) if spec is None else Path(spec).with_suffix("")
+        for suffix in (".safetensors", ".json"):
+            h.update(file_sha256(base.with_suffix(suffix)).encode())
+    if role == "defender":  # its inference settings (stop rule, budget) decide its rows too
+        h.update(json.dumps(refine_settings(), sort_keys=True).encode())
     return h.hexdigest()
+
+
+def refine_settings() -> dict:
+    """The defaults ``ppd.refine.Defender`` refines with (what the harness uses)."""
+    import inspect
+
+    from ppd.refine import Defender
+
+    return {k: p.default for k, p in inspect.signature(Defender.__init__).parameters.items()
+            if p.default is not inspect.Parameter.empty and k not in ("agent", "segmenter")}
+
+
+def check_pair_sizes(s: Sample) -> None:
+    from ppd.io import stored_size
+
+    (ih, iw), (mh, mw) = stored_size(s.image_path, "image"), stored_size(s.mask_path, "mask")
+    if (ih, iw) != (mh, mw):
+        raise DataError(f"{s.mask_path}: mask is {mw}x{mh}, image {iw}x{ih}")
 
 
 def _pair(s: Sample) -> tuple[np.ndarray, np.ndarray]:
@@ -521,6 +542,8 @@ def run(data_root=None, dataset: str | None = None, split: str = "eval", methods
 
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         check_writable(Path(out_dir) / ".probe")
+    for s in refs + targets:  # every pair checked before any work (and before the progress bar)
+        check_pair_sizes(s)
     seg = segmenter or Segmenter()
     if cache_path is None:
         cache_path = default_cache_dir() / "eval" / "results.jsonl"
