@@ -321,20 +321,15 @@ def cmd_eval_agents(args) -> int:
 
 # ----------------------------------------------------------------------------- eval
 def cmd_eval(args) -> int:
-    from ppd.errors import ConfigError
     from ppd.evaluate import harness
     from ppd.sam.cache import default_cache_dir
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
-    for name in ("references", "limit", "k"):
-        v = getattr(args, name)
-        if v is not None and v < 1:
-            raise ConfigError(f"--{name} must be at least 1, got {v}")
     cfg = harness.EvalConfig(k=args.k, seed=args.seed, attack_steps=args.attack_steps)
     cache_root = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     rows, summary = harness.run(args.data, args.dataset, args.split, methods, references=args.references,
                                 reference_id=args.reference, limit=args.limit, out_dir=args.out, cfg=cfg,
-                                defender=args.defender, attacker=args.attacker, segmenter=_segmenter(args),
+                                defender=args.defender, attacker=args.attacker, segmenter=lambda: _segmenter(args),
                                 cache_path=cache_root / "eval" / "results.jsonl", argv=sys.argv)
     print(harness.format_table(summary))
     print(f"wrote {args.out}/summary.md, summary.csv, per_image.csv, run.json")

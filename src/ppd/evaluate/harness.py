@@ -163,6 +163,17 @@ def refine_settings() -> dict:
             if p.default is not inspect.Parameter.empty and k not in ("agent", "segmenter")}
 
 
+def check_methods(methods: list[str]) -> None:
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
+
+
+def _int_hash(text: str) -> int:
+    """A stable 32-bit integer of a string (seeds per target / reference)."""
+    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
+
+
 def check_pair_sizes(s: Sample) -> None:
     from ppd.io import stored_size
 
@@ -171,22 +182,12 @@ def check_pair_sizes(s: Sample) -> None:
         raise DataError(f"{s.mask_path}: mask is {mw}x{mh}, image {iw}x{ih}")
 
 
-def _pair(s: Sample) -> tuple[np.ndarray, np.ndarray]:
-    image, mask = s.image(), s.mask()
-    if mask.shape != image.shape[:2]:
-        raise DataError(f"{s.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]}, "
-                        f"image {image.shape[1]}x{image.shape[0]}")
-    return image, mask
-
-
 class Harness:
     """Runs methods on (target, reference) pairs with one segmenter, caching every row."""
 
     def __init__(self, segmenter, methods: list[str], cfg: EvalConfig = EvalConfig(), defender=None,
                  attacker=None, cache: ResultCache | None = None) -> None:
-        unknown = [m for m in methods if m not in METHODS]
-        if unknown:
-            raise ConfigError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
+        check_methods(methods)
         self.seg = segmenter
         self.methods = list(methods)
         self.cfg = cfg
@@ -240,6 +241,8 @@ class Harness:
             on_row: Callable[[Row], None] | None = None) -> list[Row]:
         from tqdm.auto import tqdm
 
+        for s in refs + targets:  # every pair checked before any work (and before the progress bar)
+            check_pair_sizes(s)
         ref_methods = [m for m in self.methods if METHODS[m][0]]
         solo_methods = [m for m in self.methods if not METHODS[m][0]]
         jobs = [(m, None) for m in solo_methods] + [(m, r) for r in refs for m in ref_methods]
@@ -266,7 +269,7 @@ class Harness:
     def _reference(self, ref: Sample) -> tuple:
         from ppd.oneshot import patch_fractions
 
-        image, mask = _pair(ref)
+        image, mask = ref.image(), ref.mask()
         if not mask.any():
             raise DataError(f"{ref.mask_path}: the reference mask is empty")
         self.seg.set_image(image)
@@ -283,7 +286,7 @@ class Harness:
         from ppd.evaluate.attack_defence import greedy_oracle
         from ppd.oneshot import kmeans_thin, match_patches
 
-        image, gt = _pair(t)
+        image, gt = t.image(), t.mask()
         seg, cfg = self.seg, self.cfg
         need_graph = any(m in ("fm-ppd", "fm-random") for m, _ in todo)
         t0 = time.perf_counter()
@@ -311,12 +314,12 @@ class Harness:
                 mask = decode(np.zeros((0, 2)), np.zeros(0), box=baselines.mask_box(gt))
                 self._put(k, t, m, None, mask, gt, time.perf_counter() - t1, 0, 0)
         ideal_methods = [m for m in solo if m.startswith("ideal")]
-        if ideal_methods:
+        if ideal_methods:  # the game's image bank made other handles current: back to the target
             self._ideal(t, image, gt, ideal_methods, keys, decode)
-        if need_graph:
-            self.defender.set_image(image)
-        else:
-            seg.set_image(image)
+            if need_graph:
+                self.defender.set_image(image)
+            else:
+                seg.set_image(image)
 
         by_ref: dict[str, list[str]] = {}
         refs: dict[str, Sample] = {}
@@ -324,7 +327,7 @@ class Harness:
             if r is not None:
                 by_ref.setdefault(r.id, []).append(m)
                 refs[r.id] = r
-        rng_base = int(hashlib.sha256(f"{cfg.seed}|{t.id}".encode()).hexdigest()[:8], 16)
+        rng_base = _int_hash(f"{cfg.seed}|{t.id}")
         for rid, methods in by_ref.items():
             ref = refs[rid]
             rg, rv, rf = ref_feats[rid]
@@ -355,7 +358,7 @@ class Harness:
                 elif m == "fm-random":
                     if removed is None:  # fm-ppd came from the cache
                         removed = self._removed(t, ref, pts, labs)
-                    rng = np.random.default_rng([rng_base, int(hashlib.sha256(rid.encode()).hexdigest()[:8], 16)])
+                    rng = np.random.default_rng([rng_base, _int_hash(rid)])
                     keep = baselines.random_removal(labs, removed, rng)
                     self._put(k, t, m, ref, decode(pts[keep], labs[keep]), gt,
                               thin_s + time.perf_counter() - t1, n_in, int(keep.sum()))
@@ -419,7 +422,7 @@ class Harness:
                         removed = len(att) - int(self.defender.refine(att.points, att.labels).kept.sum())
                     else:
                         removed = row.n_prompts - row.n_kept
-                rng = np.random.default_rng([self.cfg.seed, int(hashlib.sha256(t.id.encode()).hexdigest()[:8], 16)])
+                rng = np.random.default_rng([self.cfg.seed, _int_hash(t.id)])
                 keep = baselines.random_removal(att.labels, removed, rng)
                 mask, n_in, n_kept = decode(att.points[keep], att.labels[keep]), len(att), int(keep.sum())
             self._put(keys[(m, "-")], t, m, None, mask, gt, setup + time.perf_counter() - t1, n_in, n_kept)
@@ -517,15 +520,20 @@ def run(data_root=None, dataset: str | None = None, split: str = "eval", methods
         out_dir: str | os.PathLike | None = None, cfg: EvalConfig = EvalConfig(), defender=None, attacker=None,
         segmenter=None, cache_path: str | os.PathLike | None = None, progress: bool = True,
         argv: list[str] | None = None) -> tuple[list[Row], list[Summary]]:
-    """Select references and targets, run (or read from the cache) every method, write ``out_dir``."""
+    """Select references and targets, run (or read from the cache) every method, write ``out_dir``.
+
+    ``segmenter``: a Segmenter, or a function making one (called only once the
+    arguments and data have been checked, so bad input fails before SAM loads).
+    """
     from ppd import data
     from ppd.sam import Segmenter
     from ppd.sam.cache import default_cache_dir
 
     methods = list(methods or METHODS)
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ConfigError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
+    check_methods(methods)
+    for name, v in (("references", references), ("limit", limit), ("k", cfg.k)):
+        if v is not None and v < 1:
+            raise ConfigError(f"--{name} must be at least 1, got {v}")
     samples = data.load_dataset(data_root, split=split)
     names = sorted({s.dataset for s in samples})
     if dataset is None:
@@ -542,9 +550,7 @@ def run(data_root=None, dataset: str | None = None, split: str = "eval", methods
 
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         check_writable(Path(out_dir) / ".probe")
-    for s in refs + targets:  # every pair checked before any work (and before the progress bar)
-        check_pair_sizes(s)
-    seg = segmenter or Segmenter()
+    seg = segmenter() if callable(segmenter) else (segmenter or Segmenter())
     if cache_path is None:
         cache_path = default_cache_dir() / "eval" / "results.jsonl"
     harness = Harness(seg, methods, cfg, defender=defender, attacker=attacker, cache=ResultCache(cache_path))
