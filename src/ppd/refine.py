@@ -31,7 +31,7 @@ from ppd.game.observation import geometry, observe
 from ppd.graph import build_graph
 from ppd.prompts import PromptSet
 from ppd.sam import Segmenter
-from ppd.sam.segmenter import check_points
+from ppd.sam.segmenter import check_points, lowres_scale
 
 
 def shipped_agent_path(role: str = "defender") -> Path:
@@ -94,10 +94,6 @@ class Defender:
         f = self.seg.features()
         self.graph = build_graph(f.grid, f.valid, f.patch_size, self.seg.original_size, self.graph_grid, self.knn)
 
-    def _lowres_scale(self) -> np.ndarray:
-        (h, w), (ih, iw) = self.seg.original_size, self.seg.input_size
-        return np.array([iw / w / 4, ih / h / 4], np.float32)
-
     def _state(self, prompts: PromptSet, valid: np.ndarray):
         act = prompts.active & valid
         pts = [(float(x), float(y)) for x, y in prompts.points[valid]]
@@ -107,7 +103,8 @@ class Defender:
             mask = (logits > 0).numpy()
         else:
             logits, iou, mask = None, 0.0, np.zeros((256, 256), bool)
-        node_frac, logit_at = decode_summary(logits, mask, self.graph, self._lowres_scale(), pts)
+        scale = lowres_scale(self.seg.original_size, self.seg.input_size)
+        node_frac, logit_at = decode_summary(logits, mask, self.graph, scale, pts)
         slot_logits = np.array([logit_at.get((float(x), float(y)), 0.0) for x, y in prompts.points], np.float32)
         return slot_logits, node_frac, iou
 

@@ -19,7 +19,7 @@ from ppd.data import Sample
 from ppd.game.objects import ObjectConfig, ObjectSource
 from ppd.graph import DualGraph, build_graph
 from ppd.sam import Segmenter
-from ppd.sam.segmenter import LOWRES, ImageHandle, preprocess_shape, valid_patches
+from ppd.sam.segmenter import LOWRES, ImageHandle, lowres_scale, preprocess_shape, valid_patches
 
 
 @dataclass
@@ -44,8 +44,7 @@ class BankImage:
 
     def lowres_scale(self) -> np.ndarray:
         """Original pixel (x, y) -> low-res (256) frame."""
-        (h, w), (ih, iw) = self.original_size, self.input_size
-        return np.array([iw / w * LOWRES / 1024, ih / h * LOWRES / 1024], np.float32)
+        return lowres_scale(self.original_size, self.input_size)
 
 
 class ImageBank:

@@ -293,6 +293,12 @@ def valid_patches(input_size: tuple[int, int]) -> np.ndarray:
     return valid
 
 
+def lowres_scale(original_size: tuple[int, int], input_size: tuple[int, int]) -> np.ndarray:
+    """Factors (x, y) from original pixels to the 256x256 low-res logits frame."""
+    (h, w), (ih, iw) = original_size, input_size
+    return np.array([iw / w * LOWRES / IMG_SIZE, ih / h * LOWRES / IMG_SIZE], np.float32)
+
+
 def downsample_mask(mask: np.ndarray, valid_shape: tuple[int, int]) -> np.ndarray:
     """A full-resolution mask on the 256x256 low-res frame (area average > 0.5), padding False."""
     t = torch.as_tensor(mask, dtype=torch.float32)[None, None]
