@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ppd.errors import InvalidPromptError, OutputError, PPDError
+from ppd.errors import InvalidMaskError, InvalidPromptError, OutputError, PPDError
 
 
 def _parse_point(text: str) -> tuple[float, float, int]:
@@ -123,6 +123,7 @@ def _demo_oneshot(args) -> int:
     for g in json.loads((root / "groups.json").read_text()):
         print(f"-- {g['name']}: reference {g['ref']} (masks: {g['masks']})")
         fm.set_reference(load(g["ref"]), load(g["ref_mask"], mask=True))
+        dfd.set_reference(fm.reference)
         for tname, mname in zip(g["targets"], g["target_masks"], strict=True):
             image, gt = load(tname), load(mname, mask=True)
             t0 = time.perf_counter()
@@ -226,17 +227,23 @@ def _out_dir(path: str) -> Path:
 
 
 def cmd_refine(args) -> int:
-    from ppd.io import read_image
+    from ppd.io import read_image, read_mask
     from ppd.refine import Defender, load_agent
     from ppd.sam.segmenter import check_points
 
+    if (args.ref is None) != (args.ref_mask is None):
+        raise InvalidMaskError("--ref and --ref-mask go together")
     out = _out_dir(args.out)
     pts, labs = read_prompts_json(args.prompts)
     image = read_image(args.image)
     check_points(pts, labs, image.shape[:2])
     if len(pts) == 0:
         raise InvalidPromptError("the prompts JSON has no points")
+    ref = read_image(args.ref) if args.ref else None
+    ref_mask = read_mask(args.ref_mask, shape=ref.shape[:2]) if ref is not None else None
     d = Defender(load_agent(args.defender, "defender"), segmenter=_segmenter(args))
+    if ref is not None:
+        d.set_reference(ref, ref_mask)
     d.set_image(image)
     res = d.refine(pts, labs)
     stem = Path(args.image).stem
@@ -261,6 +268,8 @@ def cmd_oneshot(args) -> int:
     fm = FeatureMatcher(seg)
     fm.set_reference(ref, ref_mask)
     dfd = None if args.no_defender else Defender(load_agent(args.defender, "defender"), segmenter=seg)
+    if dfd is not None:
+        dfd.set_reference(fm.reference)
     for path, image in tqdm(targets, desc="targets", disable=len(targets) < 2):
         cand = fm.match(image)
         if len(cand) == 0:
@@ -295,11 +304,16 @@ def cmd_train(args) -> int:
             v = getattr(args, k)
             if v is not None:
                 cfg = replace(cfg, **{k: v})
+        if args.ref_prob is not None:
+            cfg = replace(cfg, game=replace(cfg.game, ref_prob=args.ref_prob))
+        if args.arch is not None:
+            cfg = replace(cfg, attacker=replace(cfg.attacker, arch=args.arch),
+                          defender=replace(cfg.defender, arch=args.arch))
         if args.learning_starts is not None:
             cfg = replace(cfg, attacker=replace(cfg.attacker, learning_starts=args.learning_starts),
                           defender=replace(cfg.defender, learning_starts=args.learning_starts))
     seg = Segmenter(checkpoint=args.checkpoint, cache_dir=args.cache_dir, use_cache=not args.no_cache,
-                    precision="bf16")
+                    precision="auto")
     tr = train.run(args.data, args.split, args.out, resume=args.resume, cfg=cfg, segmenter=seg,
                    limit_images=args.images)
     print(f"trained {tr.round} rounds, {tr.env_steps} steps, {tr.decodes} decodes in {tr.seconds / 60:.1f} min; "
@@ -408,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--prompts", required=True, metavar="PROMPTS.json")
     r.add_argument("--out", required=True, metavar="DIR")
     r.add_argument("--defender", help="defender checkpoint, or 'untrained' (default: the shipped one)")
+    r.add_argument("--ref", metavar="IMG", help="optional one-shot reference image of the object sought")
+    r.add_argument("--ref-mask", metavar="MASK", help="its mask (required with --ref)")
     sam_opts(r)
     r.set_defaults(func=cmd_refine)
 
@@ -433,9 +449,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--games", dest="n_games", type=int, help="games per round (default 8)")
     t.add_argument("--checkpoint-minutes", dest="checkpoint_minutes", type=float)
     t.add_argument("--learning-starts", type=int, help="transitions before the first update")
-    t.add_argument("--fm-fraction", type=float, help="share of defender episodes from one-shot sets (default 0.5)")
+    t.add_argument("--fm-fraction", type=float, help="share of defender episodes from one-shot sets (default 0.75)")
     t.add_argument("--fm-refs", dest="fm_refs_per_image", type=int,
-                   help="references per train image for the one-shot sets (default 2)")
+                   help="references per train image for the one-shot sets (default 4)")
+    t.add_argument("--ref-prob", type=float, help="share of episodes that see a one-shot reference (default 0.8)")
+    t.add_argument("--arch", choices=["deepsets", "mp"], help="Q-network of both agents (default deepsets)")
     t.add_argument("--images", type=int, help="train on a seeded subset of N images (smoke runs)")
     t.add_argument("--seed", type=int, default=0)
     sam_opts(t)

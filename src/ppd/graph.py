@@ -108,3 +108,64 @@ def build_graph(grid_feats: np.ndarray, valid: np.ndarray, patch_size: float, im
     return DualGraph(feats=feats, centers=centers, cell=np.stack([rows, cols], 1).astype(np.int32),
                      grid=grid, patch_px=float(cell_px), image_size=(int(h), int(w)),
                      knn_feat=knn_f, knn_phys=knn_p, index=index)
+
+
+def mask_fractions(graph: DualGraph, mask: np.ndarray) -> np.ndarray:
+    """Share (0..1) of each node's cell covered by a full-resolution boolean ``mask``.
+
+    Cells are squares of ``patch_px`` original pixels clipped to the image; the sums
+    come from one integral image, so this costs O(H*W) whatever the grid.
+    """
+    h, w = graph.image_size
+    if mask.shape != (h, w):
+        raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]}, graph image is {w}x{h}")
+    ii = np.zeros((h + 1, w + 1), np.int64)
+    ii[1:, 1:] = np.asarray(mask, bool).cumsum(0).cumsum(1)
+    r, c = graph.cell[:, 0].astype(np.float64), graph.cell[:, 1].astype(np.float64)
+    y0 = np.clip(np.floor(r * graph.patch_px), 0, h).astype(int)
+    y1 = np.clip(np.floor((r + 1) * graph.patch_px), 0, h).astype(int)
+    x0 = np.clip(np.floor(c * graph.patch_px), 0, w).astype(int)
+    x1 = np.clip(np.floor((c + 1) * graph.patch_px), 0, w).astype(int)
+    y1, x1 = np.maximum(y1, np.minimum(y0 + 1, h)), np.maximum(x1, np.minimum(x0 + 1, w))
+    area = np.maximum((y1 - y0) * (x1 - x0), 1)
+    inside = ii[y1, x1] - ii[y0, x1] - ii[y1, x0] + ii[y0, x0]
+    return (inside / area).astype(np.float32)
+
+
+@dataclass
+class Reference:
+    """What a one-shot reference tells about the object sought: its graph's node features
+    and the share of each node under the reference mask.
+
+    The game and the defender read three numbers per prompt from it (see
+    ``ppd.game.observation``): similarity to the reference object's mean feature,
+    the margin over its background's mean feature, and the mask share of the
+    prompt's nearest reference nodes in feature space (a soft backward match).
+    """
+
+    feats: np.ndarray  # (M, C) float32 unit node features of the reference image
+    frac: np.ndarray  # (M,) float32 share of each node under the reference mask, 0..1
+
+    def __post_init__(self) -> None:
+        if len(self.feats) != len(self.frac) or len(self.frac) == 0:
+            raise ValueError("reference needs one mask share per node, and at least one node")
+        w = self.frac.astype(np.float32)
+        fg, bg = w @ self.feats, (1.0 - w) @ self.feats
+        self.proto_fg = (fg / max(float(np.linalg.norm(fg)), 1e-8)).astype(np.float32)
+        self.proto_bg = (bg / max(float(np.linalg.norm(bg)), 1e-8)).astype(np.float32)
+
+    @classmethod
+    def from_mask(cls, graph: DualGraph, mask: np.ndarray) -> Reference:
+        return cls(graph.feats, mask_fractions(graph, mask))
+
+    def prompt_features(self, feats: np.ndarray, k: int = 8) -> np.ndarray:
+        """(P, 3) per-prompt [sim to object mean, margin over background mean (x5), k-NN mask share]
+        for unit node features ``feats`` (P, C) of the prompts' nodes on the target."""
+        if len(feats) == 0:
+            return np.zeros((0, 3), np.float32)
+        fg, bg = feats @ self.proto_fg, feats @ self.proto_bg
+        sim = feats @ self.feats.T
+        k = min(k, sim.shape[1])
+        near = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+        knn_frac = self.frac[near].mean(1)
+        return np.stack([fg, np.clip(5.0 * (fg - bg), -1.0, 1.0), knn_frac], 1).astype(np.float32)

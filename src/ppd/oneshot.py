@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ppd.errors import InvalidMaskError
+from ppd.graph import Reference, build_graph
 from ppd.sam import Segmenter
 from ppd.sam.segmenter import GRID, IMG_SIZE
 
@@ -79,6 +80,7 @@ class FeatureMatcher:
     def __init__(self, segmenter: Segmenter) -> None:
         self.seg = segmenter
         self.ref = None
+        self.reference: Reference | None = None
 
     def set_reference(self, image: np.ndarray, mask: np.ndarray) -> None:
         if mask.shape != image.shape[:2]:
@@ -89,6 +91,9 @@ class FeatureMatcher:
         self.seg.set_image(image)
         f = self.seg.features()
         self.ref = (f.grid, f.valid, patch_fractions(mask, self.seg.input_size))
+        # what the defender reads about the object sought (Defender.set_reference)
+        graph = build_graph(f.grid, f.valid, f.patch_size, self.seg.original_size)
+        self.reference = Reference.from_mask(graph, np.asarray(mask, bool))
 
     def match(self, image: np.ndarray | None = None) -> Candidates:
         """Candidates on ``image`` (or on the segmenter's current image if None)."""

@@ -1,8 +1,10 @@
 """Defender inference: refine any coarse point-prompt set, then segment.
 
 Mirrors SamPredictor: ``set_image`` once, then ``refine(points, labels)`` as often
-as needed. The defender removes one prompt per step, always the one with the
-highest Q-value, re-running SAM after each removal, and stops when
+as needed; ``set_reference(ref_image, ref_mask)`` tells a defender trained with
+one-shot references which object the prompts are meant to find. The defender
+removes one prompt per step, always the one with the highest Q-value, re-running
+SAM after each removal, and stops when
 
 * the best removal's Q-value is at most ``q_threshold`` (default 0: Q is the
   expected Dice change, and stopping is worth exactly 0), or
@@ -25,10 +27,10 @@ import numpy as np
 import torch
 
 from ppd.agents import DQNAgent
-from ppd.errors import InvalidPromptError
+from ppd.errors import InvalidMaskError, InvalidPromptError
 from ppd.game.env import decode_summary
 from ppd.game.observation import geometry, observe
-from ppd.graph import build_graph
+from ppd.graph import Reference, build_graph
 from ppd.prompts import PromptSet
 from ppd.sam import Segmenter
 from ppd.sam.segmenter import check_points, lowres_scale
@@ -47,7 +49,7 @@ def load_agent(spec: str | Path | None, role: str, like: DQNAgent | None = None,
     if str(spec) == "untrained":
         ref = like or DQNAgent.load(shipped_agent_path(role), expect_role=role)
         return DQNAgent(role, ref.rows, ref.n_actions, ref.n_slot, ref.n_ctx, stop=ref.stop, cfg=ref.cfg, seed=seed,
-                        buffer=False)
+                        buffer=False, features=ref.features)
     return DQNAgent.load(spec, expect_role=role)
 
 
@@ -88,11 +90,34 @@ class Defender:
         self.max_removals, self.q_threshold, self.min_keep = max_removals, q_threshold, min_keep_per_class
         self.myopic = myopic
         self.graph = None
+        self._image: np.ndarray | None = None
+        self.reference: Reference | None = None
 
     def set_image(self, image: np.ndarray) -> None:
         self.seg.set_image(image)
+        self._image = image
         f = self.seg.features()
         self.graph = build_graph(f.grid, f.valid, f.patch_size, self.seg.original_size, self.graph_grid, self.knn)
+
+    def set_reference(self, image: np.ndarray | Reference | None, mask: np.ndarray | None = None) -> None:
+        """The one-shot reference (image + mask, or a ready :class:`ppd.graph.Reference`) whose object
+        the prompts are meant to find, or None for none. Kept until replaced; the image set by
+        ``set_image`` stays current. Agents trained before references existed ignore it."""
+        if image is None or isinstance(image, Reference):
+            self.reference = image
+            return
+        if mask is None or mask.shape != image.shape[:2]:
+            got = "no mask" if mask is None else f"a {mask.shape[1]}x{mask.shape[0]} mask"
+            raise InvalidMaskError(f"reference needs a mask of its image's size "
+                                   f"{image.shape[1]}x{image.shape[0]}, got {got}")
+        if not np.asarray(mask).any():
+            raise InvalidMaskError("reference mask is empty")
+        self.seg.set_image(image)
+        f = self.seg.features()
+        g = build_graph(f.grid, f.valid, f.patch_size, self.seg.original_size, self.graph_grid, self.knn)
+        self.reference = Reference.from_mask(g, np.asarray(mask, bool))
+        if self._image is not None:  # back to the target
+            self.seg.set_image(self._image)
 
     def _state(self, prompts: PromptSet, valid: np.ndarray):
         act = prompts.active & valid
@@ -131,7 +156,7 @@ class Defender:
         valid = np.zeros(len(prompts), bool)
         valid[:n] = True
         horizon = max(1, min(budget, 15))
-        geo = geometry(self.graph, prompts)
+        geo = geometry(self.graph, prompts, self.reference)
         for t in range(budget + 1):
             slot_logits, node_frac, iou = self._state(prompts, valid)
             res.iou = iou
@@ -150,8 +175,10 @@ class Defender:
             # immediate Dice change of a removal. Measured on val attacked sets (docs/TRAINING.md):
             # defended Dice 80.0 myopic vs 81.9 with t counting up to the budget, the default.
             tt, hh = (14, 15) if self.myopic else (t, horizon)
-            obs = observe(self.graph, geo, prompts, valid, slot_logits, node_frac, iou, tt, hh, rows)
-            q = self.agent.q_values(obs["slots"][:rows], obs["context"])[:rows]
+            obs = observe(self.graph, geo, prompts, valid, slot_logits, node_frac, iou, tt, hh, rows,
+                          pairs=self.agent.needs_pairs)
+            q = self.agent.q_values(obs["slots"][:rows], obs["context"],
+                                    obs["pairs"][:rows, :rows] if "pairs" in obs else None)[:rows]
             q = np.where(can[:rows], q, -np.inf)
             best = int(q.argmax())
             if q[best] <= self.q_threshold:

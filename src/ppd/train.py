@@ -68,8 +68,8 @@ class TrainConfig:
     # Beyond the paper: this share of defender episodes starts from a one-shot set (feature
     # matching from another train image of the same dataset, k-means-thinned to fm_k per
     # class, target = the whole mask), the kind of set the defender meets at inference.
-    fm_fraction: float = 0.5
-    fm_refs_per_image: int = 2
+    fm_fraction: float = 0.75
+    fm_refs_per_image: int = 4
     fm_k: int = 10
 
 
@@ -101,6 +101,8 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         self.command = command or " ".join(sys.argv)
         seg = segmenter or Segmenter(precision=cfg.game.precision)
+        if "mp" in (cfg.attacker.arch, cfg.defender.arch) and not cfg.game.pair_obs:
+            cfg.game.pair_obs = True  # message passing reads the slot x slot cosines
         g = cfg.game
         self.bank = ImageBank(seg, samples, graph_grid=g.graph_grid, knn=g.knn, objects=g.objects, progress=progress)
         self.arena = Arena(self.bank, g)
@@ -141,7 +143,8 @@ class Trainer:
         while live:
             eps = self.epsilon
             acts = agent.act(np.stack([obs[j]["slots"] for j in live]), np.stack([obs[j]["context"] for j in live]),
-                             np.stack([masks[j] for j in live]), eps)
+                             np.stack([masks[j] for j in live]), eps,
+                             np.stack([obs[j]["pairs"] for j in live]) if agent.needs_pairs else None)
             still = []
             for j, a in zip(live, acts, strict=True):
                 d0 = self.bank.decodes
@@ -165,14 +168,19 @@ class Trainer:
                 "return": float(returns.mean()), "loss": float(np.mean(losses)) if losses else float("nan"),
                 "update_s": upd_s, "updates": len(losses), "stops": stops}
 
+    def _fm_start(self) -> dict:
+        """A one-shot start set; its reference is shown with probability ``GameConfig.ref_prob``."""
+        start = self.fm_starts[self.rng.integers(len(self.fm_starts))]
+        return start if self.rng.random() < self.cfg.game.ref_prob else {**start, "reference": None}
+
     def play_round(self) -> dict:
         a = self._play(self.att_envs, self.attacker, [None] * len(self.att_envs))
         attacked = [{"image": e.image, "object": e.object,
                      "prompts": e.prompts.subset(np.nonzero(e.prompts.active & e.valid)[0])} for e in self.att_envs]
         defs = []
         for _ in range(self.cfg.game.defender_repeats):
-            starts = [self.fm_starts[self.rng.integers(len(self.fm_starts))]
-                      if self.fm_starts and self.rng.random() < self.cfg.fm_fraction else att for att in attacked]
+            starts = [self._fm_start() if self.fm_starts and self.rng.random() < self.cfg.fm_fraction else att
+                      for att in attacked]
             defs.append(self._play(self.def_envs, self.defender, starts))
         upd = a["update_s"] + sum(d["update_s"] for d in defs)
         n_upd = a["updates"] + sum(d["updates"] for d in defs)
@@ -333,7 +341,7 @@ def fm_start_sets(bank: ImageBank, cfg: TrainConfig, progress: bool = True) -> l
             if (cand.labels == 1).sum() == 0:
                 continue
             idx = kmeans_thin(cand.points, cand.labels, cfg.fm_k, seed=int(r))
-            starts.append({"image": i, "object": WHOLE,
+            starts.append({"image": i, "object": WHOLE, "reference": int(r),
                            "prompts": PromptSet.from_points(cand.points[idx], cand.labels[idx])})
     return starts
 

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from ppd.agents.qnet import QNet
+from ppd.agents.qnet import MPQNet, QNet
 from ppd.errors import CheckpointError
 from ppd.io import atomic_write
 
@@ -49,13 +49,17 @@ class DQNConfig:
     target_sync: int = 250  # updates between target-network syncs
     double: bool = True
     grad_clip: float = 10.0
+    arch: str = "deepsets"  # "deepsets" (QNet) or "mp" (MPQNet: message passing over the dual-space graph)
 
 
 class ReplayBuffer:
     """Uniform replay of (obs, action, reward, next_obs, next_mask, done), float16 observations."""
 
-    def __init__(self, capacity: int, rows: int, n_slot: int, n_ctx: int, n_actions: int) -> None:
+    def __init__(self, capacity: int, rows: int, n_slot: int, n_ctx: int, n_actions: int,
+                 pairs: bool = False) -> None:
         self.capacity, self.size, self.pos = capacity, 0, 0
+        self.pairs = np.zeros((capacity, rows, rows), np.float16) if pairs else None
+        self.next_pairs = np.zeros((capacity, rows, rows), np.float16) if pairs else None
         self.slots = np.zeros((capacity, rows, n_slot), np.float16)
         self.ctx = np.zeros((capacity, n_ctx), np.float16)
         self.next_slots = np.zeros((capacity, rows, n_slot), np.float16)
@@ -68,7 +72,7 @@ class ReplayBuffer:
     @property
     def bytes_per_transition(self) -> int:
         arrays = (self.slots, self.ctx, self.next_slots, self.next_ctx, self.next_mask, self.action, self.reward,
-                  self.done)
+                  self.done) + ((self.pairs, self.next_pairs) if self.pairs is not None else ())
         return sum(a[0].nbytes if a.ndim > 1 else a.itemsize for a in arrays)
 
     def add(self, obs, action: int, reward: float, next_obs, next_mask: np.ndarray, done: bool) -> None:
@@ -76,6 +80,8 @@ class ReplayBuffer:
         self.slots[i], self.ctx[i] = obs["slots"], obs["context"]
         self.next_slots[i], self.next_ctx[i] = next_obs["slots"], next_obs["context"]
         self.next_mask[i] = next_mask
+        if self.pairs is not None:
+            self.pairs[i], self.next_pairs[i] = obs["pairs"], next_obs["pairs"]
         self.action[i], self.reward[i], self.done[i] = action, reward, done
         self.pos = (i + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
@@ -83,14 +89,17 @@ class ReplayBuffer:
     def sample(self, n: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         idx = rng.integers(0, self.size, n)
         t = torch.from_numpy
-        return {"slots": t(self.slots[idx].astype(np.float32)), "ctx": t(self.ctx[idx].astype(np.float32)),
+        extra = ({"pairs": t(self.pairs[idx].astype(np.float32)),
+                  "next_pairs": t(self.next_pairs[idx].astype(np.float32))} if self.pairs is not None else {})
+        return extra | {"slots": t(self.slots[idx].astype(np.float32)), "ctx": t(self.ctx[idx].astype(np.float32)),
                 "next_slots": t(self.next_slots[idx].astype(np.float32)),
                 "next_ctx": t(self.next_ctx[idx].astype(np.float32)), "next_mask": t(self.next_mask[idx]),
                 "action": t(self.action[idx]), "reward": t(self.reward[idx]), "done": t(self.done[idx])}
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         n = self.size
-        return {"slots": self.slots[:n], "ctx": self.ctx[:n], "next_slots": self.next_slots[:n],
+        extra = {"pairs": self.pairs[:n], "next_pairs": self.next_pairs[:n]} if self.pairs is not None else {}
+        return extra | {"slots": self.slots[:n], "ctx": self.ctx[:n], "next_slots": self.next_slots[:n],
                 "next_ctx": self.next_ctx[:n], "next_mask": self.next_mask[:n], "action": self.action[:n],
                 "reward": self.reward[:n], "done": self.done[:n]}
 
@@ -111,19 +120,38 @@ class DQNAgent:
     """A DQN agent for one role of the game (``learn`` / ``act`` / ``save`` / ``load``)."""
 
     def __init__(self, role: str, rows: int, n_actions: int, n_slot: int, n_ctx: int, stop: bool = False,
-                 cfg: DQNConfig | None = None, seed: int = 0, buffer: bool = True) -> None:
+                 cfg: DQNConfig | None = None, seed: int = 0, buffer: bool = True,
+                 features: tuple[list[str], list[str]] | None = None) -> None:
+        """``n_slot`` / ``n_ctx``: the observation's widths; ``features``: the (slot, context) feature
+        names the network reads (default: all of ``ppd.game.observation``'s, in order)."""
+        from ppd.game.observation import CONTEXT_FEATURES, SLOT_FEATURES
+
         self.role, self.rows, self.n_actions, self.stop = role, rows, n_actions, stop
         self.n_slot, self.n_ctx = n_slot, n_ctx
         self.cfg = cfg or DQNConfig()
+        slot_names, ctx_names = features or (list(SLOT_FEATURES[:n_slot]), list(CONTEXT_FEATURES[:n_ctx]))
+        unknown = sorted(set(slot_names) - set(SLOT_FEATURES) | set(ctx_names) - set(CONTEXT_FEATURES))
+        if unknown:
+            raise CheckpointError(f"unknown observation features {unknown}; retrain the agent")
+        self.features = (list(slot_names), list(ctx_names))
+        cols = None
+        if self.features != (list(SLOT_FEATURES[:n_slot]), list(CONTEXT_FEATURES[:n_ctx])):
+            cols = ([SLOT_FEATURES.index(n) for n in slot_names], [CONTEXT_FEATURES.index(n) for n in ctx_names])
         torch.manual_seed(seed)
         row_actions = n_actions - (1 if stop else 0)
-        self.q = QNet(n_slot, n_ctx, self.cfg.hidden, n_actions=row_actions if row_actions < rows else None,
-                      stop=stop)
-        self.q_target = QNet(n_slot, n_ctx, self.cfg.hidden, n_actions=self.q.n_actions, stop=stop)
+        kw = {"slot_cols": cols[0], "ctx_cols": cols[1]} if cols else {}
+        if self.cfg.arch not in ("deepsets", "mp"):
+            raise CheckpointError(f"unknown Q-network architecture {self.cfg.arch!r}")
+        net = MPQNet if self.cfg.arch == "mp" else QNet
+        self.needs_pairs = self.cfg.arch == "mp"
+        self.q = net(n_slot, n_ctx, self.cfg.hidden, n_actions=row_actions if row_actions < rows else None,
+                     stop=stop, **kw)
+        self.q_target = net(n_slot, n_ctx, self.cfg.hidden, n_actions=self.q.n_actions, stop=stop, **kw)
         self.q_target.load_state_dict(self.q.state_dict())
         self.opt = torch.optim.Adam(self.q.parameters(), lr=self.cfg.lr)
         self.rng = np.random.default_rng(seed)
-        self.buffer = (ReplayBuffer(self.cfg.buffer_size, rows, n_slot, n_ctx, n_actions) if buffer else None)
+        self.buffer = (ReplayBuffer(self.cfg.buffer_size, rows, n_slot, n_ctx, n_actions, pairs=self.needs_pairs)
+                       if buffer else None)
         self.updates = 0
 
     @classmethod
@@ -134,16 +162,19 @@ class DQNAgent:
 
     # ----------------------------------------------------------------- acting
     @torch.no_grad()
-    def q_values(self, slots: np.ndarray, context: np.ndarray) -> np.ndarray:
+    def q_values(self, slots: np.ndarray, context: np.ndarray, pairs: np.ndarray | None = None) -> np.ndarray:
+        """Q-values of one state (R, F), (C,) [, (R, R)] or of a batch of them."""
         s = torch.as_tensor(slots, dtype=torch.float32)
         c = torch.as_tensor(context, dtype=torch.float32)
+        p = None if pairs is None or not self.needs_pairs else torch.as_tensor(pairs, dtype=torch.float32)
         if s.ndim == 2:
-            return self.q(s[None], c[None])[0].numpy()
-        return self.q(s, c).numpy()
+            return self.q(s[None], c[None], None if p is None else p[None])[0].numpy()
+        return self.q(s, c, p).numpy()
 
-    def act(self, slots: np.ndarray, context: np.ndarray, mask: np.ndarray, epsilon: float = 0.0) -> np.ndarray:
+    def act(self, slots: np.ndarray, context: np.ndarray, mask: np.ndarray, epsilon: float = 0.0,
+            pairs: np.ndarray | None = None) -> np.ndarray:
         """Epsilon-greedy valid actions for a batch (B, R, F), (B, C), (B, A); never a masked action."""
-        q = self.q_values(slots, context)
+        q = self.q_values(slots, context, pairs)
         q = np.where(mask, q, -np.inf)
         acts = q.argmax(1)
         for b in range(len(acts)):
@@ -155,16 +186,17 @@ class DQNAgent:
 
     # ----------------------------------------------------------------- learning
     def td_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        q = self.q(batch["slots"], batch["ctx"]).gather(1, batch["action"][:, None])[:, 0]
+        p, np_ = batch.get("pairs"), batch.get("next_pairs")
+        q = self.q(batch["slots"], batch["ctx"], p).gather(1, batch["action"][:, None])[:, 0]
         with torch.no_grad():
             mask = batch["next_mask"]
             if self.cfg.double:
-                online = self.q(batch["next_slots"], batch["next_ctx"])
+                online = self.q(batch["next_slots"], batch["next_ctx"], np_)
                 best = torch.where(mask, online, torch.full_like(online, -torch.inf)).argmax(1, keepdim=True)
-                nq = self.q_target(batch["next_slots"], batch["next_ctx"]).gather(1, best)[:, 0]
+                nq = self.q_target(batch["next_slots"], batch["next_ctx"], np_).gather(1, best)[:, 0]
                 nq = torch.where(mask.any(1), nq, torch.zeros_like(nq))
             else:
-                nq = masked_max(self.q_target(batch["next_slots"], batch["next_ctx"]), mask)
+                nq = masked_max(self.q_target(batch["next_slots"], batch["next_ctx"], np_), mask)
             target = batch["reward"] + self.cfg.gamma * (~batch["done"]).float() * nq
         return F.smooth_l1_loss(q, target)
 
@@ -195,13 +227,11 @@ class DQNAgent:
         losses = []
         for step in range(0, total_steps, len(vec)):
             eps = linear_epsilon(step, total_steps, eps_start, eps_end, eps_fraction)
-            acts = self.act(obs["slots"], obs["context"], mask, eps)
+            acts = self.act(obs["slots"], obs["context"], mask, eps, obs.get("pairs"))
             st = vec.step(acts)
             for j in range(len(vec)):
-                self.buffer.add({"slots": obs["slots"][j], "context": obs["context"][j]}, int(acts[j]),
-                                float(st.reward[j]), {"slots": st.next_obs["slots"][j],
-                                                      "context": st.next_obs["context"][j]},
-                                st.next_mask[j], bool(st.done[j]))
+                self.buffer.add({k: v[j] for k, v in obs.items()}, int(acts[j]), float(st.reward[j]),
+                                {k: v[j] for k, v in st.next_obs.items()}, st.next_mask[j], bool(st.done[j]))
             obs, mask = st.obs, st.mask
             if self.ready():
                 losses += [self.update() for _ in range(updates_per_step)]
@@ -209,11 +239,9 @@ class DQNAgent:
 
     # ----------------------------------------------------------------- persistence
     def config_dict(self) -> dict:
-        from ppd.game.observation import CONTEXT_FEATURES, SLOT_FEATURES
-
         return {"format": FORMAT, "role": self.role, "rows": self.rows, "n_actions": self.n_actions,
                 "stop": self.stop, "n_slot": self.n_slot, "n_ctx": self.n_ctx, "dqn": asdict(self.cfg),
-                "slot_features": list(SLOT_FEATURES), "context_features": list(CONTEXT_FEATURES),
+                "slot_features": self.features[0], "context_features": self.features[1],
                 "updates": self.updates}
 
     def save(self, path: str | os.PathLike, extra: dict | None = None) -> Path:
@@ -241,13 +269,12 @@ class DQNAgent:
             raise CheckpointError(f"{cpath} is not a ppd agent checkpoint (format {cfg.get('format')!r})")
         if expect_role and cfg.get("role") != expect_role:
             raise CheckpointError(f"{path} is a {cfg.get('role')} checkpoint, not a {expect_role}")
-        from ppd.game.observation import CONTEXT_FEATURES, SLOT_FEATURES
+        from ppd.game.observation import N_CONTEXT, N_SLOT_FEATURES
 
-        if cfg["slot_features"] != list(SLOT_FEATURES) or cfg["context_features"] != list(CONTEXT_FEATURES):
-            raise CheckpointError(f"{path} was trained on other observation features; retrain it")
-        try:
-            agent = cls(cfg["role"], cfg["rows"], cfg["n_actions"], cfg["n_slot"], cfg["n_ctx"], stop=cfg["stop"],
-                        cfg=DQNConfig(**cfg["dqn"]), buffer=False)
+        try:  # the network reads the columns it was trained on out of today's observation
+            agent = cls(cfg["role"], cfg["rows"], cfg["n_actions"], N_SLOT_FEATURES, N_CONTEXT, stop=cfg["stop"],
+                        cfg=DQNConfig(**cfg["dqn"]), buffer=False,
+                        features=(cfg["slot_features"], cfg["context_features"]))
             agent.q.load_state_dict(weights, strict=True)
         except (RuntimeError, TypeError, KeyError) as e:
             raise CheckpointError(f"{path} does not fit its configuration: {str(e).splitlines()[0]}") from None

@@ -36,6 +36,7 @@ def run(data_root=None, n_targets: int = 6, defender=None, seed: int = 0, out=No
         same = [r for r in samples if r.dataset == s.dataset and r.id != s.id]
         ref = same[rng.integers(len(same))]
         fm.set_reference(ref.image(), ref.mask())  # reference: not timed
+        dfd.set_reference(fm.reference)
         image = s.image()
         t0 = time.perf_counter()
         dfd.set_image(image)  # encoder + graph

@@ -106,7 +106,8 @@ def evaluate(samples, attacker: DQNAgent, defender: DQNAgent, segmenter, attack_
     env = PromptGame(arena, "attacker", seed=seed, strict=True)
     dfd = Defender(defender, segmenter=segmenter, graph_grid=cfg.graph_grid, knn=cfg.knn, myopic=myopic)
     untrained = Defender(DQNAgent(defender.role, defender.rows, defender.n_actions, defender.n_slot,
-                                  defender.n_ctx, stop=defender.stop, cfg=defender.cfg, seed=seed, buffer=False),
+                                  defender.n_ctx, stop=defender.stop, cfg=defender.cfg, seed=seed, buffer=False,
+                                  features=defender.features),
                          segmenter=segmenter, graph_grid=cfg.graph_grid, knn=cfg.knn, myopic=myopic)
     rng = np.random.default_rng(seed)
     targets = []

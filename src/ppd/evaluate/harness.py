@@ -267,6 +267,7 @@ class Harness:
         return rows
 
     def _reference(self, ref: Sample) -> tuple:
+        from ppd.graph import Reference, build_graph
         from ppd.oneshot import patch_fractions
 
         image, mask = ref.image(), ref.mask()
@@ -274,7 +275,10 @@ class Harness:
             raise DataError(f"{ref.mask_path}: the reference mask is empty")
         self.seg.set_image(image)
         f = self.seg.features()
-        return f.grid, f.valid, patch_fractions(mask, self.seg.input_size)
+        uses_defender = any(METHODS[m][1] and METHODS[m][0] for m in self.methods)
+        g = build_graph(f.grid, f.valid, f.patch_size, self.seg.original_size) if uses_defender else None
+        return (f.grid, f.valid, patch_fractions(mask, self.seg.input_size),
+                Reference.from_mask(g, mask) if g is not None else None)
 
     def _put(self, key: str, t: Sample, method: str, ref: Sample | None, mask: np.ndarray, gt: np.ndarray,
              seconds: float, n_prompts: int, n_kept: int) -> None:
@@ -330,7 +334,7 @@ class Harness:
         rng_base = _int_hash(f"{cfg.seed}|{t.id}")
         for rid, methods in by_ref.items():
             ref = refs[rid]
-            rg, rv, rf = ref_feats[rid]
+            rg, rv, rf, ref_graph = ref_feats[rid]
             t1 = time.perf_counter()
             cand = match_patches(rg, rv, rf, f.grid, f.valid, f.patch_size, seg.original_size)
             match_s = time.perf_counter() - t1
@@ -349,6 +353,7 @@ class Harness:
                     self._put(k, t, m, ref, decode(pts, labs), gt, thin_s + time.perf_counter() - t1, n_in, n_in)
                 elif m == "fm-ppd":
                     if n_in:
+                        self.defender.set_reference(ref_graph)
                         res = self.defender.refine(pts, labs)
                         mask, kept = res.mask, int(res.kept.sum())
                     else:
@@ -357,6 +362,7 @@ class Harness:
                     self._put(k, t, m, ref, mask, gt, graph_s + thin_s + time.perf_counter() - t1, n_in, kept)
                 elif m == "fm-random":
                     if removed is None:  # fm-ppd came from the cache
+                        self.defender.set_reference(ref_graph)
                         removed = self._removed(t, ref, pts, labs)
                     rng = np.random.default_rng([rng_base, _int_hash(rid)])
                     keep = baselines.random_removal(labs, removed, rng)
@@ -411,6 +417,7 @@ class Harness:
                 mask, n_in, n_kept = decode(att.points, att.labels), len(att), len(att)
             elif m == "ideal-attacked-defended":
                 self.defender.set_image(image)
+                self.defender.set_reference(None)  # the paper's ablation: no one-shot reference
                 res = self.defender.refine(att.points, att.labels)
                 mask, n_in, n_kept = res.mask, len(att), int(res.kept.sum())
                 removed = n_in - n_kept
@@ -419,6 +426,7 @@ class Harness:
                     row = self.cache.get(self.key("ideal-attacked-defended", t, None))
                     if row is None:
                         self.defender.set_image(image)
+                        self.defender.set_reference(None)
                         removed = len(att) - int(self.defender.refine(att.points, att.labels).kept.sum())
                     else:
                         removed = row.n_prompts - row.n_kept

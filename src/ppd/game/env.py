@@ -12,6 +12,11 @@ of :class:`PromptGame` environments, one per role or per parallel game.
   deactivates one active prompt, or takes the optional "stop" action (the last
   one). Reward = Dice change.
 
+Either role may know a one-shot reference, another image of the bank with its
+whole mask (``reset(options={"reference": j})``, ``None`` for none; drawn per
+episode by ``GameConfig.ref_prob`` when not given), which adds what it says
+about each prompt to the observation (:mod:`ppd.game.observation`).
+
 After every action SAM's fast path is re-run on the active prompts (or read from
 the memo) and Dice is computed at low resolution against the object's area
 fractions. Observations are fixed-shape (see :mod:`ppd.game.observation`):
@@ -35,8 +40,9 @@ from gymnasium import spaces
 
 from ppd.game.bank import ImageBank
 from ppd.game.memo import DecodeMemo, Outcome
-from ppd.game.objects import ObjectConfig
+from ppd.game.objects import WHOLE, ObjectConfig
 from ppd.game.observation import N_CONTEXT, N_SLOT_FEATURES, Geometry, geometry, observe
+from ppd.graph import Reference
 from ppd.prompts import IdealConfig, PoolConfig, PromptSet, attack_pool, ideal_prompts
 
 ROLES = ("attacker", "defender")
@@ -62,7 +68,14 @@ class GameConfig:
         default_factory=lambda: {"ecssd": 0.6, "dsb2018": 0.25, "isbi2012": 0.15})
     layout_seed: int = 0  # ideal prompts and pools are fixed per (image, object) for this seed
     defender_repeats: int = 3  # defender episodes played from each attacked set (training schedule)
-    precision: str = "bf16"  # the game's decoder (Segmenter precision): Dice within ~0.003 of fp32, 1.5x faster
+    # Beyond the paper: the share of episodes that know a one-shot reference (another image of
+    # the target's dataset, its whole mask; see ppd.graph.Reference). The rest see none, so
+    # an agent also works on prompt sets that come with no reference.
+    ref_prob: float = 0.8
+    pair_obs: bool = False  # add obs["pairs"] (slot x slot node cosines) for message-passing Q-networks
+    # the game's decoder (Segmenter precision): bf16 keeps Dice within ~0.003 of fp32 and is 1.5x
+    # faster where the CPU has native bf16, 80x slower where it has not; "auto" measures which
+    precision: str = "auto"
     memo_capacity: int = 200_000
 
     @property
@@ -91,6 +104,7 @@ class Arena:
         self.cfg = cfg
         self.memo = DecodeMemo(cfg.memo_capacity)
         self._layouts: dict[tuple[int, int], tuple[PromptSet, np.ndarray]] = {}
+        self._refs: dict[int, Reference] = {}
         by_ds: dict[str, list[int]] = {}
         for i, im in enumerate(bank.images):
             by_ds.setdefault(im.sample.dataset, []).append(i)
@@ -100,6 +114,21 @@ class Arena:
             w = np.ones(len(by_ds))
         self._ds_names = list(by_ds)
         self._ds_p = w / w.sum()
+
+    # ------------------------------------------------------------------ references
+    def reference(self, j: int) -> Reference:
+        """Image ``j``'s whole mask as a one-shot reference (cached; its node features are the graph's)."""
+        ref = self._refs.get(j)
+        if ref is None:
+            ref = self._refs[j] = Reference.from_mask(self.bank.images[j].graph, self.bank.objects(j).mask(WHOLE))
+        return ref
+
+    def sample_reference(self, i: int, rng: np.random.Generator) -> int | None:
+        """Another image of image ``i``'s dataset with probability ``ref_prob``, else None."""
+        others = [j for j in self.by_dataset[self.bank.images[i].sample.dataset] if j != i]
+        if not others or rng.random() >= self.cfg.ref_prob:
+            return None
+        return int(rng.choice(others))
 
     # ------------------------------------------------------------------ targets
     def sample_target(self, rng: np.random.Generator) -> tuple[int, int]:
@@ -195,10 +224,13 @@ class PromptGame(gym.Env):
             self.action_space = spaces.Discrete(cfg.pool_size)
         else:
             self.action_space = spaces.Discrete(cfg.defender_slots + (1 if cfg.defender_stop else 0))
-        self.observation_space = spaces.Dict({
+        obs_spaces = {
             "slots": spaces.Box(-1.0, 1.0, (self.rows, N_SLOT_FEATURES), np.float32),
             "context": spaces.Box(-1.0, 1.0, (N_CONTEXT,), np.float32),
-        })
+        }
+        if cfg.pair_obs:
+            obs_spaces["pairs"] = spaces.Box(-1.0, 1.0, (self.rows, self.rows), np.float32)
+        self.observation_space = spaces.Dict(obs_spaces)
         self._np_random, _ = gym.utils.seeding.np_random(seed)
         self.prompts: PromptSet | None = None
 
@@ -222,7 +254,7 @@ class PromptGame(gym.Env):
         logits = np.array([o.logit_at[(float(x), float(y))] if ok else 0.0
                            for (x, y), ok in zip(self.prompts.points, self.valid, strict=True)], np.float32)
         return observe(self.graph, self.geo, self.prompts, self.valid, logits, o.node_frac, o.iou, self.t,
-                       self.horizon, self.rows, self.arena.cfg.max_steps)
+                       self.horizon, self.rows, self.arena.cfg.max_steps, pairs=self.arena.cfg.pair_obs)
 
     def _info(self) -> dict:
         # (whether the decode was a memo hit is not reported here: info must not depend on
@@ -252,9 +284,12 @@ class PromptGame(gym.Env):
             self.prompts, self.valid = _pad(start, self.rows)
             lo, hi = cfg.defend_steps
         self.horizon = int(opts.get("horizon", rng.integers(lo, hi + 1)))
+        self.reference = (opts["reference"] if "reference" in opts
+                          else self.arena.sample_reference(self.image, rng))
         self.t = 0
         self.graph = self.arena.bank.images[self.image].graph
-        self.geo: Geometry = geometry(self.graph, self.prompts)
+        ref = None if self.reference is None else self.arena.reference(int(self.reference))
+        self.geo: Geometry = geometry(self.graph, self.prompts, ref)
         self.outcome, _ = self.arena.outcome(self.image, self.object, self.prompts, self.valid)
         self.start_dice = self.outcome.dice
         return self._obs(), self._info()
