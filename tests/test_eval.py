@@ -227,3 +227,21 @@ def test_cli_eval_mask_size_mismatch(tmp_path, ecssd_val, cache_dir, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "mask is" in err and len(err.strip().splitlines()) == 1
     assert not (out / "summary.md").exists() and not (out / "per_image.csv").exists()
+
+
+def test_base_run_supplies_the_methods_not_rerun(segmenter, data_root, tmp_path):
+    kw = {"references": 1, "limit": 2, "segmenter": segmenter, "cache_path": tmp_path / "rows.jsonl",
+          "progress": False}
+    harness.run(data_root, "ecssd", "val", ["oracle-box", "fm-kmeans"], out_dir=tmp_path / "a", **kw)
+    first = (tmp_path / "a" / "per_image.csv").read_text().splitlines()
+    rows, summary = harness.run(data_root, "ecssd", "val", ["fm-kmeans"], out_dir=tmp_path / "b",
+                                base=tmp_path / "a", **kw)
+    assert sorted((tmp_path / "b" / "per_image.csv").read_text().splitlines()) == sorted(first)
+    assert {s.method for s in summary} == {"oracle-box", "fm-kmeans"}
+    info = json.loads((tmp_path / "b" / "run.json").read_text())
+    assert info["base"]["methods"] == ["oracle-box"] and info["methods"] == ["fm-kmeans"]
+    with pytest.raises(ConfigError, match="references"):  # another seed picks other references
+        harness.run(data_root, "ecssd", "val", ["fm-kmeans"], base=tmp_path / "a", cfg=harness.EvalConfig(seed=3),
+                    **kw)
+    with pytest.raises(ConfigError, match="not a readable"):
+        harness.run(data_root, "ecssd", "val", ["fm-kmeans"], base=tmp_path / "nowhere", **kw)

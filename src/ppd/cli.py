@@ -344,7 +344,7 @@ def cmd_eval(args) -> int:
     rows, summary = harness.run(args.data, args.dataset, args.split, methods, references=args.references,
                                 reference_id=args.reference, limit=args.limit, out_dir=args.out, cfg=cfg,
                                 defender=args.defender, attacker=args.attacker, segmenter=lambda: _segmenter(args),
-                                cache_path=cache_root / "eval" / "results.jsonl", argv=sys.argv)
+                                cache_path=cache_root / "eval" / "results.jsonl", argv=sys.argv, base=args.base)
     print(harness.format_table(summary))
     print(f"wrote {args.out}/summary.md, summary.csv, per_image.csv, run.json")
     return 0
@@ -487,6 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("-k", type=int, default=10, help="prompts kept per class by k-means (default 10)")
     ev.add_argument("--attack-steps", type=int, default=8, help="attacker moves for ideal-attacked (default 8)")
     ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--base", metavar="DIR", help="an earlier --out of the same protocol: its rows stand for the "
+                    "methods not run now (checked: same dataset, references, targets, settings)")
     sam_opts(ev)
     ev.set_defaults(func=cmd_eval)
 

@@ -523,15 +523,45 @@ def write_outputs(out: Path, rows: list[Row], summary: list[Summary], run_info: 
     text(out / "run.json", json.dumps(run_info, indent=1) + "\n")
 
 
+def read_base(base: str | os.PathLike, dataset: str, split: str, refs: list[str], targets: list[str],
+              cfg: EvalConfig, skip: list[str]) -> tuple[list[Row], dict]:
+    """Rows of an earlier ``ppd eval`` output folder for the methods not in ``skip``, after checking that
+    it used the same dataset, split, references, targets and settings (else :class:`ConfigError`)."""
+    import csv
+
+    base = Path(base)
+    try:
+        info = json.loads((base / "run.json").read_text())
+        with open(base / "per_image.csv", newline="") as f:
+            raw = list(csv.DictReader(f))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--base {base}: not a readable ppd eval output ({type(e).__name__}: {e})") from None
+    same = {"dataset": (info.get("dataset"), dataset), "split": (info.get("split"), split),
+            "references": (info.get("references"), refs), "config": (info.get("config"), asdict(cfg)),
+            "targets": (sorted({r["target"] for r in raw}), sorted(targets))}
+    diff = [k for k, (a, b) in same.items() if a != b]
+    if diff:
+        raise ConfigError(f"--base {base} was run with other {', '.join(diff)}; its rows cannot be combined")
+    rows = [Row(r["dataset"], r["method"], r["reference"], r["target"], float(r["dice"]), float(r["iou"]),
+                float(r["seconds"]), int(r["n_prompts"]), int(r["n_kept"])) for r in raw if r["method"] not in skip]
+    taken = list(dict.fromkeys(r.method for r in rows))
+    return rows, {"dir": str(base), "git_commit": info.get("git_commit"), "methods": taken,
+                  "hashes": info.get("hashes")}
+
+
 def run(data_root=None, dataset: str | None = None, split: str = "eval", methods: list[str] | None = None,
         references: int = 5, reference_id: str | None = None, limit: int | None = None,
         out_dir: str | os.PathLike | None = None, cfg: EvalConfig = EvalConfig(), defender=None, attacker=None,
         segmenter=None, cache_path: str | os.PathLike | None = None, progress: bool = True,
-        argv: list[str] | None = None) -> tuple[list[Row], list[Summary]]:
+        argv: list[str] | None = None, base: str | os.PathLike | None = None) -> tuple[list[Row], list[Summary]]:
     """Select references and targets, run (or read from the cache) every method, write ``out_dir``.
 
     ``segmenter``: a Segmenter, or a function making one (called only once the
     arguments and data have been checked, so bad input fails before SAM loads).
+    ``base``: an earlier output folder of the same protocol (dataset, split,
+    references, targets, settings; checked) whose rows stand for every method not
+    run now, e.g. to recompute only the defender's methods after a new defender
+    without the hours of the greedy oracle; ``run.json`` records where each came from.
     """
     from ppd import data
     from ppd.sam import Segmenter
@@ -553,6 +583,8 @@ def run(data_root=None, dataset: str | None = None, split: str = "eval", methods
     if not samples:
         raise DataError(f"no {split} images of dataset {dataset!r} (have: {', '.join(names) or 'none'})")
     refs, targets = select(samples, references, reference_id, limit, cfg.seed)
+    base_rows, base_info = (read_base(base, dataset, split, [r.id for r in refs], [t.id for t in targets], cfg,
+                                      methods) if base is not None else ([], None))
     if out_dir is not None:
         from ppd.io import check_writable
 
@@ -563,10 +595,12 @@ def run(data_root=None, dataset: str | None = None, split: str = "eval", methods
         cache_path = default_cache_dir() / "eval" / "results.jsonl"
     harness = Harness(seg, methods, cfg, defender=defender, attacker=attacker, cache=ResultCache(cache_path))
     rows = harness.run(refs, targets, progress=progress)
+    if base_rows:  # in the method table's order
+        rows = sorted(base_rows + rows, key=lambda r: list(METHODS).index(r.method))
     summary = summarize(rows)
     if out_dir is not None:
         info = {"argv": argv, "git_commit": _git_commit(), "data_root": str(data_root or data.default_root()),
-                "dataset": dataset, "split": split, "methods": methods, "config": asdict(cfg),
+                "dataset": dataset, "split": split, "methods": methods, "config": asdict(cfg), "base": base_info,
                 "references": [r.id for r in refs], "n_targets": len(targets), "limit": limit,
                 "hashes": harness.hashes, "defender": str(defender) if defender else "shipped",
                 "attacker": str(attacker) if attacker else "shipped", "cache": str(cache_path),
