@@ -45,3 +45,16 @@ def interior_point(mask: np.ndarray) -> tuple[int, int]:
     dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
     y, x = np.unravel_index(int(dist.argmax()), dist.shape)
     return int(x), int(y)
+
+
+def fill_buffer(agent, env, n: int, rng) -> None:
+    """Fill an agent's replay buffer with ``n`` transitions of random valid actions in ``env``."""
+    while agent.buffer.size < n:
+        obs, info = env.reset()
+        done = False
+        while not done:
+            a = int(rng.choice(np.nonzero(info["action_mask"])[0]))
+            nxt, r, done, _, info = env.step(a)
+            agent.buffer.add(obs, a, r, nxt, np.zeros_like(info["action_mask"]) if done else info["action_mask"],
+                             done)
+            obs = nxt

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import pick
+from conftest import fill_buffer, pick
 from ppd import train
 from ppd.agents import DQNAgent, DQNConfig, QNet
 from ppd.errors import CheckpointError
@@ -19,18 +19,6 @@ from ppd.game import Arena, GameConfig, ImageBank, PromptGame
 def arena(segmenter, manifest):
     samples = pick(manifest, "ecssd", "train", 3) + pick(manifest, "dsb2018", "train", 1)
     return Arena(ImageBank(segmenter, samples, progress=False), GameConfig())
-
-
-def _fill(agent: DQNAgent, env: PromptGame, n: int, rng) -> None:
-    while agent.buffer.size < n:
-        obs, info = env.reset()
-        done = False
-        while not done:
-            a = int(rng.choice(np.nonzero(info["action_mask"])[0]))
-            nxt, r, done, _, info = env.step(a)
-            agent.buffer.add(obs, a, r, nxt, np.zeros_like(info["action_mask"]) if done else info["action_mask"],
-                             done)
-            obs = nxt
 
 
 def test_qnet_shapes_and_set_invariance():
@@ -51,7 +39,7 @@ def test_td_loss_drops_on_fixed_buffer(arena):
     rng = np.random.default_rng(0)
     env = PromptGame(arena, "defender", seed=0, strict=True)
     agent = DQNAgent.for_env(env, DQNConfig(buffer_size=600, target_sync=10**9, lr=1e-3), seed=0)
-    _fill(agent, env, 600, rng)
+    fill_buffer(agent, env, 600, rng)
     probe = agent.buffer.sample(512, np.random.default_rng(1))
     with torch.no_grad():
         before = agent.td_loss(probe).item()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import pick
+from conftest import fill_buffer, pick
 from ppd.agents import DQNAgent, DQNConfig
 from ppd.agents.qnet import MPQNet
 from ppd.cli import main
@@ -120,16 +120,8 @@ def test_mp_agent_learns_saves_and_refines(arena, segmenter, manifest, tmp_path)
     env = PromptGame(arena, "defender", seed=0, strict=True)
     agent = DQNAgent.for_env(env, DQNConfig(arch="mp", buffer_size=300, batch_size=32, hidden=32, lr=1e-3,
                                             target_sync=10**9), seed=0)
-    rng = np.random.default_rng(0)
-    while agent.buffer.size < 300:
-        obs, info = env.reset()
-        done = False
-        while not done:
-            a = int(rng.choice(np.nonzero(info["action_mask"])[0]))
-            nxt, r, done, _, info = env.step(a)
-            agent.buffer.add(obs, a, r, nxt, np.zeros_like(info["action_mask"]) if done else info["action_mask"],
-                             done)
-            obs = nxt
+    fill_buffer(agent, env, 300, np.random.default_rng(0))
+    obs, _ = env.reset()
     probe = agent.buffer.sample(256, np.random.default_rng(1))
     with torch.no_grad():
         before = agent.td_loss(probe).item()

@@ -130,7 +130,7 @@ def run(data_root=None, n_episodes: int = 40, n_images: int = 24, seed: int = 0,
     for i in range(len(bank)):  # object lists are part of setup, not of a step
         bank.objects(i)
     print(f"ppd bench game: {n_episodes} episodes per phase (1 attacker + {cfg.defender_repeats} defender per "
-          f"round, seed {seed}, game decoder {cfg.precision}) on {len(bank)} train images "
+          f"round, seed {seed}, game decoder {seg.precision}) on {len(bank)} train images "
           f"({', '.join(sorted({s.dataset for s in samples}))}), {torch.get_num_threads()} threads")
     print("  phases: epsilon = 1.0 is the start of training (uniformly random actions); epsilon = 0.1 its end,")
     print("  greedy w.r.t. a fixed random linear scorer standing in for a (deterministic) Q-network")
