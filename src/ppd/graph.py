@@ -158,6 +158,14 @@ class Reference:
     def from_mask(cls, graph: DualGraph, mask: np.ndarray) -> Reference:
         return cls(graph.feats, mask_fractions(graph, mask))
 
+    @classmethod
+    def from_features(cls, grid_feats: np.ndarray, valid: np.ndarray, patch_size: float,
+                      image_size: tuple[int, int], mask: np.ndarray, grid: int = 32) -> Reference:
+        """From a reference image's SAM patch features (as :func:`build_graph` takes them) and its mask.
+        The graph is built without k-NN lists: a reference only needs node features and cells."""
+        graph = build_graph(grid_feats, valid, patch_size, image_size, grid=grid, k=0)
+        return cls.from_mask(graph, np.asarray(mask, bool))
+
     def prompt_features(self, feats: np.ndarray, k: int = 8) -> np.ndarray:
         """(P, 3) per-prompt [sim to object mean, margin over background mean (x5), k-NN mask share]
         for unit node features ``feats`` (P, C) of the prompts' nodes on the target."""

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ppd.errors import InvalidMaskError
-from ppd.graph import Reference, build_graph
+from ppd.graph import Reference
 from ppd.sam import Segmenter
 from ppd.sam.segmenter import GRID, IMG_SIZE
 
@@ -92,8 +92,7 @@ class FeatureMatcher:
         f = self.seg.features()
         self.ref = (f.grid, f.valid, patch_fractions(mask, self.seg.input_size))
         # what the defender reads about the object sought (Defender.set_reference)
-        graph = build_graph(f.grid, f.valid, f.patch_size, self.seg.original_size)
-        self.reference = Reference.from_mask(graph, np.asarray(mask, bool))
+        self.reference = Reference.from_features(f.grid, f.valid, f.patch_size, self.seg.original_size, mask)
 
     def match(self, image: np.ndarray | None = None) -> Candidates:
         """Candidates on ``image`` (or on the segmenter's current image if None)."""

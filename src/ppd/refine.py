@@ -114,8 +114,8 @@ class Defender:
             raise InvalidMaskError("reference mask is empty")
         self.seg.set_image(image)
         f = self.seg.features()
-        g = build_graph(f.grid, f.valid, f.patch_size, self.seg.original_size, self.graph_grid, self.knn)
-        self.reference = Reference.from_mask(g, np.asarray(mask, bool))
+        self.reference = Reference.from_features(f.grid, f.valid, f.patch_size, self.seg.original_size, mask,
+                                                 self.graph_grid)
         if self._image is not None:  # back to the target
             self.seg.set_image(self._image)
 

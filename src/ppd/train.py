@@ -30,7 +30,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -102,7 +102,8 @@ class Trainer:
         self.command = command or " ".join(sys.argv)
         seg = segmenter or Segmenter(precision=cfg.game.precision)
         if "mp" in (cfg.attacker.arch, cfg.defender.arch) and not cfg.game.pair_obs:
-            cfg.game.pair_obs = True  # message passing reads the slot x slot cosines
+            # message passing reads the slot x slot cosines (a new config: the caller's is not touched)
+            cfg = self.cfg = replace(cfg, game=replace(cfg.game, pair_obs=True))
         g = cfg.game
         self.bank = ImageBank(seg, samples, graph_grid=g.graph_grid, knn=g.knn, objects=g.objects, progress=progress)
         self.arena = Arena(self.bank, g)
@@ -419,6 +420,6 @@ def run(data_root, split: str, out: str, resume: bool = False, cfg: TrainConfig 
     if resume:
         tr.load_checkpoint()
     else:
-        (out_p / "config.json").write_text(json.dumps({"command": tr.command, "config": asdict(cfg)}, indent=1))
+        (out_p / "config.json").write_text(json.dumps({"command": tr.command, "config": asdict(tr.cfg)}, indent=1))
     tr.train()
     return tr

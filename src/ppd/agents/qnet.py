@@ -101,7 +101,7 @@ class MPQNet(QNet):
 
     def rows(self, slots: torch.Tensor, context: torch.Tensor, valid: torch.Tensor,
              pairs: torch.Tensor | None) -> torch.Tensor:
-        h = torch.relu(self.embed(torch.cat([slots, context[:, None, :].expand(-1, slots.shape[1], -1)], -1)))
+        h = super().rows(slots, context, valid, pairs)  # each row embedded on its own, then messages
         b, r, hid = h.shape
         nh, d = self.heads, hid // self.heads
         xy = slots[..., list(self.xy_cols)]

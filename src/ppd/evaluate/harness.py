@@ -267,7 +267,7 @@ class Harness:
         return rows
 
     def _reference(self, ref: Sample) -> tuple:
-        from ppd.graph import Reference, build_graph
+        from ppd.graph import Reference
         from ppd.oneshot import patch_fractions
 
         image, mask = ref.image(), ref.mask()
@@ -276,9 +276,9 @@ class Harness:
         self.seg.set_image(image)
         f = self.seg.features()
         uses_defender = any(METHODS[m][1] and METHODS[m][0] for m in self.methods)
-        g = build_graph(f.grid, f.valid, f.patch_size, self.seg.original_size) if uses_defender else None
-        return (f.grid, f.valid, patch_fractions(mask, self.seg.input_size),
-                Reference.from_mask(g, mask) if g is not None else None)
+        reference = (Reference.from_features(f.grid, f.valid, f.patch_size, self.seg.original_size, mask)
+                     if uses_defender else None)
+        return f.grid, f.valid, patch_fractions(mask, self.seg.input_size), reference
 
     def _put(self, key: str, t: Sample, method: str, ref: Sample | None, mask: np.ndarray, gt: np.ndarray,
              seconds: float, n_prompts: int, n_kept: int) -> None:
