@@ -169,6 +169,10 @@ def test_cli_refine_ref_needs_its_mask(tmp_path, manifest, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "--ref-mask" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "o").exists()
+    ref = pick(manifest, "ecssd", "val", 2)[1]  # with its mask: refined and written
+    rc = main(["refine", str(s.image_path), "--prompts", str(p), "--out", str(tmp_path / "o"),
+               "--ref", str(ref.image_path), "--ref-mask", str(ref.mask_path)])
+    assert rc == 0 and (tmp_path / "o" / f"{s.image_path.stem}.mask.png").is_file()
 
 
 def test_precision_auto_picks_a_working_decoder(manifest):
