@@ -50,11 +50,12 @@ def interior_point(mask: np.ndarray) -> tuple[int, int]:
 def fill_buffer(agent, env, n: int, rng) -> None:
     """Fill an agent's replay buffer with ``n`` transitions of random valid actions in ``env``."""
     while agent.buffer.size < n:
-        obs, info = env.reset()
-        done = False
+        _, info = env.reset()
+        state, done = env.snapshot(), False
         while not done:
             a = int(rng.choice(np.nonzero(info["action_mask"])[0]))
-            nxt, r, done, _, info = env.step(a)
-            agent.buffer.add(obs, a, r, nxt, np.zeros_like(info["action_mask"]) if done else info["action_mask"],
+            _, r, done, _, info = env.step(a)
+            nxt = env.snapshot()
+            agent.buffer.add(state, a, r, nxt, np.zeros_like(info["action_mask"]) if done else info["action_mask"],
                              done)
-            obs = nxt
+            state = nxt

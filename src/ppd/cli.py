@@ -187,6 +187,11 @@ def cmd_bench(args) -> int:
         from ppd.bench import bench_refine
 
         bench_refine.run(data_root=args.data, n_targets=args.images or 6, seed=args.seed, out=args.out)
+    elif args.what == "replay":
+        from ppd.bench import bench_replay
+
+        bench_replay.run(data_root=args.data, n_transitions=args.transitions, n_images=args.images or 12,
+                         seed=args.seed, cache_dir=args.cache_dir, out=args.out)
     elif args.what == "game":
         from ppd.bench import bench_game
 
@@ -406,10 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     b = sub.add_parser("bench", help="benchmarks printing figures measured side by side")
-    b.add_argument("what", choices=["sam", "game", "refine"])
+    b.add_argument("what", choices=["sam", "game", "refine", "replay"])
     b.add_argument("--data", help="data root (default ../shared/data)")
-    b.add_argument("--images", type=int, help="images to use (sam: 4 val images; game: 24 train images)")
+    b.add_argument("--images", type=int, help="images to use (sam: 4 val images; game: 24 train images; replay: 12)")
     b.add_argument("--episodes", type=int, default=40, help="game: episodes to replay")
+    b.add_argument("--transitions", type=int, default=1000, help="replay: random transitions stored per role")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--decodes", type=int, default=30, help="decodes per image and path")
     b.add_argument("--points", type=int, default=5, help="points per prompt set")

@@ -132,11 +132,12 @@ class Trainer:
 
     def _play(self, envs: list[PromptGame], agent: DQNAgent, options: list[dict | None]) -> dict:
         """Play one episode in every env in lockstep; learn as transitions arrive."""
-        obs, masks = [], []
+        obs, masks, states = [], [], []
         for env, opt in zip(envs, options, strict=True):
             o, info = env.reset(options=opt)
             obs.append(o)
             masks.append(info["action_mask"])
+            states.append(env.snapshot())
         start = [env.outcome.dice for env in envs]
         live = list(range(len(envs)))
         returns = np.zeros(len(envs))
@@ -154,9 +155,10 @@ class Trainer:
                 self.env_steps += 1
                 stops += int(envs[j].stop_action is not None and a == envs[j].stop_action)
                 nmask = np.zeros_like(info["action_mask"]) if done else info["action_mask"]
-                agent.buffer.add(obs[j], int(a), r, o2, nmask, done)
+                s2 = envs[j].snapshot()
+                agent.buffer.add(states[j], int(a), r, s2, nmask, done)
                 returns[j] += r
-                obs[j], masks[j] = o2, info["action_mask"]
+                obs[j], masks[j], states[j] = o2, info["action_mask"], s2
                 if not done:
                     still.append(j)
             live = still
@@ -252,12 +254,12 @@ class Trainer:
             save_pt(tensors, str(tmp / f"{name}.safetensors"))
             save_np(ag.buffer.state_arrays(), str(tmp / f"{name}.buffer.safetensors"))
             (tmp / f"{name}.json").write_text(json.dumps({
-                "updates": ag.updates, "buffer_pos": ag.buffer.pos, "param_groups": opt["param_groups"],
+                "updates": ag.updates, "param_groups": opt["param_groups"],
                 "rng": ag.rng.bit_generator.state}, default=int))
         torch_rng = torch.get_rng_state()
         save_pt({"torch_rng": torch_rng}, str(tmp / "rng.safetensors"))
         state = {"round": self.round, "env_steps": self.env_steps, "decodes": self.decodes, "seconds": self.seconds,
-                 "config": asdict(self.cfg), "command": self.command,
+                 "config": asdict(self.cfg), "command": self.command, "images": [im.sha for im in self.bank.images],
                  "env_rng": [e.np_random.bit_generator.state for e in self.att_envs + self.def_envs],
                  "rng": self.rng.bit_generator.state}
         (tmp / "state.json").write_text(json.dumps(state, default=int))
@@ -274,6 +276,9 @@ class Trainer:
             return False
         try:
             state = json.loads((ck / "state.json").read_text())
+            if state.get("images", [im.sha for im in self.bank.images]) != [im.sha for im in self.bank.images]:
+                raise CheckpointError(f"cannot resume from {ck}: it was trained on other images (data changed?)")
+            feats = {i: im.graph.feats for i, im in enumerate(self.bank.images)}
             for name, ag in (("attacker", self.attacker), ("defender", self.defender)):
                 t = load_pt(str(ck / f"{name}.safetensors"))
                 meta = json.loads((ck / f"{name}.json").read_text())
@@ -285,7 +290,7 @@ class Trainer:
                         _, pid, key = k.split(".", 2)
                         opt_state.setdefault(int(pid), {})[key] = v
                 ag.opt.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
-                ag.buffer.load_arrays(load_np(str(ck / f"{name}.buffer.safetensors")), meta["buffer_pos"])
+                ag.buffer.load_arrays(load_np(str(ck / f"{name}.buffer.safetensors")), feats)
                 ag.updates = meta["updates"]
                 ag.rng.bit_generator.state = meta["rng"]
             torch.set_rng_state(load_pt(str(ck / "rng.safetensors"))["torch_rng"])

@@ -9,12 +9,9 @@ valid actions, a uniform replay buffer, a target network synced every
 ``target_sync`` updates, (Double) DQN targets maxed over the *valid* next
 actions only, Huber loss, Adam, gradient clipping.
 
-Replay memory: observations are stored as float16 rows (the state and the next
-state of each transition). Rebuilding them from compact (image, active-set)
-states was measured at 0.4-0.5 ms an observation, i.e. >100 ms for the 256 of a
-batch-128 update, over the 50 ms budget; stored, a transition costs
-``ReplayBuffer.bytes_per_transition`` (~4.6 KB for the defender, 64 rows), so a
-50k buffer is ~230 MB.
+Replay memory (``ppd.agents.replay``) keeps compact game states and rebuilds a
+batch's observations, vectorised, when it is sampled: about 0.8 KB a transition
+instead of 4.6 KB of float16 observations (21 KB with message-passing pairs).
 
 Checkpoints are safetensors (weights) + JSON (configuration); nothing is pickled.
 """
@@ -32,6 +29,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from ppd.agents.qnet import MPQNet, QNet
+from ppd.agents.replay import ReplayBuffer
 from ppd.errors import CheckpointError
 from ppd.io import atomic_write
 
@@ -50,64 +48,6 @@ class DQNConfig:
     double: bool = True
     grad_clip: float = 10.0
     arch: str = "deepsets"  # "deepsets" (QNet) or "mp" (MPQNet: message passing over the dual-space graph)
-
-
-class ReplayBuffer:
-    """Uniform replay of (obs, action, reward, next_obs, next_mask, done), float16 observations."""
-
-    def __init__(self, capacity: int, rows: int, n_slot: int, n_ctx: int, n_actions: int,
-                 pairs: bool = False) -> None:
-        self.capacity, self.size, self.pos = capacity, 0, 0
-        self.pairs = np.zeros((capacity, rows, rows), np.float16) if pairs else None
-        self.next_pairs = np.zeros((capacity, rows, rows), np.float16) if pairs else None
-        self.slots = np.zeros((capacity, rows, n_slot), np.float16)
-        self.ctx = np.zeros((capacity, n_ctx), np.float16)
-        self.next_slots = np.zeros((capacity, rows, n_slot), np.float16)
-        self.next_ctx = np.zeros((capacity, n_ctx), np.float16)
-        self.next_mask = np.zeros((capacity, n_actions), bool)
-        self.action = np.zeros(capacity, np.int64)
-        self.reward = np.zeros(capacity, np.float32)
-        self.done = np.zeros(capacity, bool)
-
-    @property
-    def bytes_per_transition(self) -> int:
-        arrays = (self.slots, self.ctx, self.next_slots, self.next_ctx, self.next_mask, self.action, self.reward,
-                  self.done) + ((self.pairs, self.next_pairs) if self.pairs is not None else ())
-        return sum(a[0].nbytes if a.ndim > 1 else a.itemsize for a in arrays)
-
-    def add(self, obs, action: int, reward: float, next_obs, next_mask: np.ndarray, done: bool) -> None:
-        i = self.pos
-        self.slots[i], self.ctx[i] = obs["slots"], obs["context"]
-        self.next_slots[i], self.next_ctx[i] = next_obs["slots"], next_obs["context"]
-        self.next_mask[i] = next_mask
-        if self.pairs is not None:
-            self.pairs[i], self.next_pairs[i] = obs["pairs"], next_obs["pairs"]
-        self.action[i], self.reward[i], self.done[i] = action, reward, done
-        self.pos = (i + 1) % self.capacity
-        self.size = min(self.size + 1, self.capacity)
-
-    def sample(self, n: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        idx = rng.integers(0, self.size, n)
-        t = torch.from_numpy
-        extra = ({"pairs": t(self.pairs[idx].astype(np.float32)),
-                  "next_pairs": t(self.next_pairs[idx].astype(np.float32))} if self.pairs is not None else {})
-        return extra | {"slots": t(self.slots[idx].astype(np.float32)), "ctx": t(self.ctx[idx].astype(np.float32)),
-                "next_slots": t(self.next_slots[idx].astype(np.float32)),
-                "next_ctx": t(self.next_ctx[idx].astype(np.float32)), "next_mask": t(self.next_mask[idx]),
-                "action": t(self.action[idx]), "reward": t(self.reward[idx]), "done": t(self.done[idx])}
-
-    def state_arrays(self) -> dict[str, np.ndarray]:
-        n = self.size
-        extra = {"pairs": self.pairs[:n], "next_pairs": self.next_pairs[:n]} if self.pairs is not None else {}
-        return extra | {"slots": self.slots[:n], "ctx": self.ctx[:n], "next_slots": self.next_slots[:n],
-                "next_ctx": self.next_ctx[:n], "next_mask": self.next_mask[:n], "action": self.action[:n],
-                "reward": self.reward[:n], "done": self.done[:n]}
-
-    def load_arrays(self, arrays: dict[str, np.ndarray], pos: int) -> None:
-        n = len(arrays["action"])
-        for k, v in arrays.items():
-            getattr(self, k)[:n] = v
-        self.size, self.pos = n, pos
 
 
 def masked_max(q: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -150,7 +90,7 @@ class DQNAgent:
         self.q_target.load_state_dict(self.q.state_dict())
         self.opt = torch.optim.Adam(self.q.parameters(), lr=self.cfg.lr)
         self.rng = np.random.default_rng(seed)
-        self.buffer = (ReplayBuffer(self.cfg.buffer_size, rows, n_slot, n_ctx, n_actions, pairs=self.needs_pairs)
+        self.buffer = (ReplayBuffer(self.cfg.buffer_size, rows, n_actions, pairs=self.needs_pairs)
                        if buffer else None)
         self.updates = 0
 
@@ -224,15 +164,16 @@ class DQNAgent:
               eps_fraction: float = 0.5, updates_per_step: int = 1) -> list[float]:
         """Train this role alone on a ``VecGame`` (SB3-style); the adversarial loop is ``ppd.train``."""
         obs, mask = vec.reset()
+        states = vec.states()
         losses = []
         for step in range(0, total_steps, len(vec)):
             eps = linear_epsilon(step, total_steps, eps_start, eps_end, eps_fraction)
             acts = self.act(obs["slots"], obs["context"], mask, eps, obs.get("pairs"))
             st = vec.step(acts)
             for j in range(len(vec)):
-                self.buffer.add({k: v[j] for k, v in obs.items()}, int(acts[j]), float(st.reward[j]),
-                                {k: v[j] for k, v in st.next_obs.items()}, st.next_mask[j], bool(st.done[j]))
-            obs, mask = st.obs, st.mask
+                self.buffer.add(states[j], int(acts[j]), float(st.reward[j]), st.next_states[j], st.next_mask[j],
+                                bool(st.done[j]))
+            obs, mask, states = st.obs, st.mask, st.states
             if self.ready():
                 losses += [self.update() for _ in range(updates_per_step)]
         return losses

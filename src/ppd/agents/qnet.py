@@ -65,14 +65,14 @@ class QNet(nn.Module):
         summary = torch.cat([mean, mx, context], -1)  # (B, 2H + C)
         # head layer 1 on [h_i, summary] computed as W_h h_i + (W_s summary + b): the summary
         # part once per state instead of once per row (same parameters, ~3x fewer FLOPs)
+        # (only rows that are actions are scored: the attacker's ideal rows feed the pooling only)
         first, rest = self.head[0], self.head[1:]
         hid = h.shape[-1]
-        z = h @ first.weight[:, :hid].T + (summary @ first.weight[:, hid:].T + first.bias)[:, None, :]
+        scored = keep if self.n_actions is None else min(keep, self.n_actions)
+        z = h[:, :scored] @ first.weight[:, :hid].T + (summary @ first.weight[:, hid:].T + first.bias)[:, None, :]
         q_rows = rest(z)[..., 0]
-        q = torch.zeros(b, r, dtype=q_rows.dtype)
-        q[:, :keep] = q_rows
-        if self.n_actions is not None:
-            q = q[:, : self.n_actions]
+        q = torch.zeros(b, r if self.n_actions is None else self.n_actions, dtype=q_rows.dtype)
+        q[:, :scored] = q_rows
         if self.stop_head is not None:
             q = torch.cat([q, self.stop_head(summary)], 1)
         return q

@@ -41,7 +41,7 @@ from gymnasium import spaces
 from ppd.game.bank import ImageBank
 from ppd.game.memo import DecodeMemo, Outcome
 from ppd.game.objects import WHOLE, ObjectConfig
-from ppd.game.observation import N_CONTEXT, N_SLOT_FEATURES, Geometry, geometry, observe
+from ppd.game.observation import N_CONTEXT, N_SLOT_FEATURES, Episode, State, decode_columns, geometry
 from ppd.graph import Reference
 from ppd.prompts import IdealConfig, PoolConfig, PromptSet, attack_pool, ideal_prompts
 
@@ -253,8 +253,14 @@ class PromptGame(gym.Env):
         o = self.outcome
         logits = np.array([o.logit_at[(float(x), float(y))] if ok else 0.0
                            for (x, y), ok in zip(self.prompts.points, self.valid, strict=True)], np.float32)
-        return observe(self.graph, self.geo, self.prompts, self.valid, logits, o.node_frac, o.iou, self.t,
-                       self.horizon, self.rows, self.arena.cfg.max_steps, pairs=self.arena.cfg.pair_obs)
+        decode, inside, area = decode_columns(self.graph, self.episode.geo, logits, o.node_frac)
+        self.state = State(self.episode, self.t, self.prompts.active.copy(), decode, inside, o.iou, area)
+        return self.state.observe(self.rows, pairs=self.arena.cfg.pair_obs)
+
+    def snapshot(self) -> State:
+        """The current state, compactly (what a replay buffer stores; its observation is the last one
+        returned). Not part of the observation: Gymnasium spaces cannot hold it."""
+        return self.state
 
     def _info(self) -> dict:
         # (whether the decode was a memo hit is not reported here: info must not depend on
@@ -289,7 +295,8 @@ class PromptGame(gym.Env):
         self.t = 0
         self.graph = self.arena.bank.images[self.image].graph
         ref = None if self.reference is None else self.arena.reference(int(self.reference))
-        self.geo: Geometry = geometry(self.graph, self.prompts, ref)
+        self.episode = Episode(self.image, self.graph.feats, geometry(self.graph, self.prompts, ref),
+                               self.prompts.labels.copy(), self.valid.copy(), self.horizon, cfg.max_steps)
         self.outcome, _ = self.arena.outcome(self.image, self.object, self.prompts, self.valid)
         self.start_dice = self.outcome.dice
         return self._obs(), self._info()

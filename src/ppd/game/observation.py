@@ -15,8 +15,11 @@ defender never sees the reference: the object sought is otherwise unknown to it.
 
 The prompt x prompt feature / physical distance blocks are computed once per
 episode (the layout is fixed within an episode); a step only re-weights them by
-the active flags, so building an observation costs ~0.1 ms and no N x N patch
-matrix is ever formed.
+the active flags, and no N x N patch matrix is ever formed. A state is kept
+compactly as a :class:`State` (its :class:`Episode` plus the active flags and
+five numbers per prompt from SAM's answer); :func:`assemble` turns any batch of
+them into observations, for the game (one at a time) and for the replay buffer
+(a whole training batch at once), so both see exactly the same features.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from ppd.graph import DualGraph, Reference
 from ppd.prompts import PromptSet
@@ -53,31 +57,99 @@ class Geometry:
     dist: np.ndarray  # (P, P) normalised physical distance between slot points
     knn: np.ndarray  # (P, k) feature-space neighbours of each slot's node
     xy: np.ndarray  # (P, 2) position / image size
+    scale: np.ndarray  # (2,) (W, H) / image diagonal: turns xy differences into normalised distances
     ref: np.ndarray | None = None  # (P, 3) reference features of each slot (Reference.prompt_features)
 
 
 def geometry(graph: DualGraph, prompts: PromptSet, reference: Reference | None = None) -> Geometry:
     nodes = graph.node_of(prompts.points) if len(prompts) else np.zeros(0, np.int32)
     feats = graph.feats[nodes]
-    pts = prompts.points.astype(np.float32)
-    dist = np.sqrt(((pts[:, None] - pts[None]) ** 2).sum(-1)) / graph.diagonal
     h, w = graph.image_size
-    return Geometry(nodes=nodes, feats=feats, cos=feats @ feats.T, dist=dist.astype(np.float32),
-                    knn=graph.knn_feat[nodes], xy=pts / np.array([w, h], np.float32),
-                    ref=None if reference is None else reference.prompt_features(feats))
+    xy = prompts.points.astype(np.float32) / np.array([w, h], np.float32)
+    scale = np.array([w, h], np.float32) / graph.diagonal
+    dist = pair_distances(torch.from_numpy(xy)[None], torch.from_numpy(scale)[None])[0].numpy()
+    return Geometry(nodes=nodes, feats=feats, cos=feats @ feats.T, dist=dist, knn=graph.knn_feat[nodes], xy=xy,
+                    scale=scale, ref=None if reference is None else reference.prompt_features(feats))
 
 
-def _masked_stats(values: np.ndarray, sel: np.ndarray, empty: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Row-wise mean, max, min of ``values`` over columns ``sel`` excluding the diagonal."""
-    p = len(values)
-    m = np.broadcast_to(sel[None, :], (p, p)).copy()
-    np.fill_diagonal(m, False)
-    cnt = m.sum(1)
-    has = cnt > 0
-    mean = np.where(has, (values * m).sum(1) / np.maximum(cnt, 1), 0.0)
-    mx = np.where(has, np.where(m, values, -np.inf).max(1, initial=-np.inf), 0.0)
-    mn = np.where(has, np.where(m, values, np.inf).min(1, initial=np.inf), empty)
-    return mean, mx, mn
+def pair_distances(xy: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """(B, P, P) physical distances / image diagonal from (B, P, 2) positions / image size."""
+    s = xy * scale[:, None, :]
+    return torch.hypot(s[:, :, None, 0] - s[:, None, :, 0], s[:, :, None, 1] - s[:, None, :, 1])
+
+
+#: what a decode says about each prompt slot (stored per state by the replay buffer; the rest
+#: of an observation follows from the episode's layout and the active flags)
+DECODE_COLUMNS = ("logit", "sim_mask_proto", "sim_bg_proto", "knn_mask_frac", "node_mask_frac")
+
+
+def decode_columns(graph: DualGraph, geo: Geometry, slot_logits: np.ndarray,
+                   node_frac: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """(P, 5) ``DECODE_COLUMNS``, (P,) logit > 0, mask area: all an observation reads from a decode."""
+    logit = slot_logits.astype(np.float32)
+    frac = node_frac.astype(np.float32) / 255.0
+    if frac.sum() > 0:
+        proto_m = frac @ graph.feats
+        proto_m /= max(np.linalg.norm(proto_m), 1e-8)
+    else:
+        proto_m = np.zeros(graph.feats.shape[1], np.float32)
+    proto_b = (1.0 - frac) @ graph.feats
+    proto_b /= max(np.linalg.norm(proto_b), 1e-8)
+    knn_frac = frac[geo.knn].mean(1) if geo.knn.shape[1] else frac[geo.nodes]
+    cols = np.stack([np.tanh(logit / 8.0), geo.feats @ proto_m, geo.feats @ proto_b, knn_frac, frac[geo.nodes]], 1)
+    return cols.astype(np.float32), logit > 0, float(frac.mean())
+
+
+def _relations(cos_off: torch.Tensor, dist_off: torch.Tensor, sel: torch.Tensor):
+    """Per slot, over the *other* selected slots (B, P): mean and max cosine, and the smallest
+    distance (x2, capped at 1; 1 when there is none). ``cos_off`` / ``dist_off`` are the (B, P, P)
+    cosines / distances with 4 subtracted / added on the diagonal: a cosine is >= -1 and a
+    distance <= 1.5, so an offset of 4 takes a slot out of a max / min without a mask."""
+    self_f = sel.float()
+    cnt = sel.sum(1, keepdim=True) - self_f
+    diag = cos_off.diagonal(dim1=1, dim2=2) + 4.0
+    total = torch.bmm(cos_off, self_f[..., None])[..., 0] + (4.0 - diag) * self_f  # without the diagonal
+    mean = total / cnt.clamp(min=1)
+    off = 4.0 * (1.0 - self_f)[:, None, :]
+    mx = (cos_off - off).amax(-1)
+    near = (dist_off + off).amin(-1)
+    return mean, torch.where(mx > -2.0, mx, 0.0), (near * 2.0).clamp(max=1.0)
+
+
+def assemble(cos: torch.Tensor, dist: torch.Tensor, xy: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor,
+             active: torch.Tensor, decode: torch.Tensor, inside: torch.Tensor, ref: torch.Tensor,
+             has_ref: torch.Tensor, iou: torch.Tensor, area: torch.Tensor, t: torch.Tensor, horizon: torch.Tensor,
+             max_steps: int, p_max: int, pairs: bool = False) -> dict[str, torch.Tensor]:
+    """A batch of observations from its parts (all (B, ...) tensors; P slots padded to ``p_max`` rows).
+
+    The one place observations are made: the game calls it with B = 1, the replay buffer
+    with a whole batch of stored compact states.
+    """
+    b, p = valid.shape
+    act = active & valid
+    lab = labels.float()
+    pos, neg = act & (labels == 1), act & (labels == 0)
+    inside_f = inside.float()
+    eye = 4.0 * torch.eye(p)
+    cos_off, dist_off = cos - eye, dist + eye
+    mean_p, max_p, near_p = _relations(cos_off, dist_off, pos)
+    mean_n, max_n, near_n = _relations(cos_off, dist_off, neg)
+    f = torch.stack([valid.float(), act.float(), lab, xy[..., 0], xy[..., 1], decode[..., 0], inside_f,
+                     (lab == inside_f).float(), decode[..., 1], decode[..., 2], mean_p, max_p, mean_n, max_n,
+                     near_p, near_n, decode[..., 3], decode[..., 4],
+                     ref[..., 0], ref[..., 1], ref[..., 2]], -1)
+    f = f * valid[..., None]
+    slots = torch.zeros(b, p_max, N_SLOT_FEATURES)
+    slots[:, :p] = f
+    hf = horizon.float()
+    ctx = torch.stack([iou, area, pos.sum(1) / 20.0, neg.sum(1) / 20.0, t / hf.clamp(min=1), (hf - t) / max_steps,
+                       has_ref.float()], 1)
+    out = {"slots": slots.clamp(-1.0, 1.0), "context": ctx.float().clamp(-1.0, 1.0)}
+    if pairs:
+        pm = torch.zeros(b, p_max, p_max)
+        pm[:, :p, :p] = torch.where(valid[:, :, None] & valid[:, None, :], cos, 0.0)
+        out["pairs"] = pm.clamp(-1.0, 1.0)
+    return out
 
 
 def observe(graph: DualGraph, geo: Geometry, prompts: PromptSet, valid: np.ndarray, slot_logits: np.ndarray,
@@ -86,42 +158,55 @@ def observe(graph: DualGraph, geo: Geometry, prompts: PromptSet, valid: np.ndarr
     """Observation dict ``{"slots": (p_max, F), "context": (N_CONTEXT,)}`` for the current state, plus
     ``"pairs"``: (p_max, p_max) feature-space cosines between the slots' nodes when ``pairs`` (what a
     message-passing Q-network reads; physical distances follow from the slots' x, y)."""
-    p = len(prompts)
-    act = prompts.active & valid
-    lab = prompts.labels.astype(np.float32)
-    pos, neg = act & (prompts.labels == 1), act & (prompts.labels == 0)
-    logit = slot_logits.astype(np.float32)
-    inside = (logit > 0).astype(np.float32)
-    frac = node_frac.astype(np.float32) / 255.0
-    wsum = frac.sum()
-    if wsum > 0:
-        proto_m = frac @ graph.feats
-        proto_m /= max(np.linalg.norm(proto_m), 1e-8)
-    else:
-        proto_m = np.zeros(graph.feats.shape[1], np.float32)
-    bg_w = 1.0 - frac
-    proto_b = bg_w @ graph.feats
-    proto_b /= max(np.linalg.norm(proto_b), 1e-8)
-    mean_p, max_p, _ = _masked_stats(geo.cos, pos, 0.0)
-    mean_n, max_n, _ = _masked_stats(geo.cos, neg, 0.0)
-    _, _, min_dp = _masked_stats(geo.dist, pos, 1.0)
-    _, _, min_dn = _masked_stats(geo.dist, neg, 1.0)
-    f = np.zeros((p_max, N_SLOT_FEATURES), np.float32)
-    if p:
-        cols = [valid.astype(np.float32), act.astype(np.float32), lab, geo.xy[:, 0], geo.xy[:, 1],
-                np.tanh(logit / 8.0), inside, (lab == inside).astype(np.float32),
-                geo.feats @ proto_m, geo.feats @ proto_b, mean_p, max_p, mean_n, max_n,
-                np.minimum(min_dp * 2.0, 1.0), np.minimum(min_dn * 2.0, 1.0),
-                frac[geo.knn].mean(1) if geo.knn.shape[1] else frac[geo.nodes], frac[geo.nodes]]
-        ref = geo.ref if geo.ref is not None else np.zeros((p, 3), np.float32)
-        f[:p] = np.concatenate([np.stack(cols, 1), ref], 1)
-        f[:p][~valid] = 0.0
-    ctx = np.array([sam_iou, frac.mean(), pos.sum() / 20.0, neg.sum() / 20.0, t / max(horizon, 1),
-                    (horizon - t) / max_steps, float(geo.ref is not None)], np.float32)
-    out = {"slots": np.clip(f, -1.0, 1.0), "context": np.clip(ctx, -1.0, 1.0)}
-    if pairs:
-        pm = np.zeros((p_max, p_max), np.float32)
-        if p:
-            pm[:p, :p] = np.where(valid[:, None] & valid[None, :], geo.cos, 0.0)
-        out["pairs"] = np.clip(pm, -1.0, 1.0)
-    return out
+    decode, inside, area = decode_columns(graph, geo, slot_logits, node_frac)
+    return observe_parts(geo, prompts.labels, valid, prompts.active, decode, inside, sam_iou, area, t, horizon,
+                         p_max, max_steps, pairs)
+
+
+def observe_parts(geo: Geometry, labels: np.ndarray, valid: np.ndarray, active: np.ndarray, decode: np.ndarray,
+                  inside: np.ndarray, iou: float, area: float, t: int, horizon: int, p_max: int, max_steps: int,
+                  pairs: bool = False) -> dict[str, np.ndarray]:
+    """One observation (numpy) from a state's parts, through :func:`assemble`."""
+    p = len(labels)
+    one = torch.from_numpy
+    ref = geo.ref if geo.ref is not None else np.zeros((p, 3), np.float32)
+    with torch.no_grad():
+        out = assemble(one(np.ascontiguousarray(geo.cos, np.float32))[None], one(geo.dist)[None], one(geo.xy)[None],
+                       one(labels.astype(np.int64))[None], one(valid.astype(bool))[None],
+                       one(active.astype(bool))[None], one(decode)[None], one(inside)[None],
+                       one(ref.astype(np.float32))[None], torch.tensor([geo.ref is not None]),
+                       torch.tensor([iou], dtype=torch.float32), torch.tensor([area], dtype=torch.float32),
+                       torch.tensor([float(t)]), torch.tensor([horizon]), max_steps, p_max, pairs)
+    return {k: v[0].numpy() for k, v in out.items()}
+
+
+@dataclass(eq=False)
+class Episode:
+    """What stays fixed through an episode: the image, its prompt slots and their geometry."""
+
+    image: int  # index of the image in the game's bank
+    graph_feats: np.ndarray  # (N, C) the image's node features (the graph's array, not a copy)
+    geo: Geometry
+    labels: np.ndarray  # (P,) int8
+    valid: np.ndarray  # (P,) bool: slot holds a prompt
+    horizon: int
+    max_steps: int
+
+
+@dataclass(eq=False)
+class State:
+    """One game state, compactly: its episode plus what changes from step to step. The replay
+    buffer stores these (``ppd.agents.replay``) and rebuilds observations with :func:`assemble`."""
+
+    episode: Episode
+    t: int
+    active: np.ndarray  # (P,) bool, a copy
+    decode: np.ndarray  # (P, 5) float32 ``DECODE_COLUMNS``
+    inside: np.ndarray  # (P,) bool: SAM's logit > 0 at the prompt
+    iou: float  # SAM's predicted IoU
+    area: float  # share of the graph nodes under the mask
+
+    def observe(self, p_max: int, pairs: bool = False) -> dict[str, np.ndarray]:
+        e = self.episode
+        return observe_parts(e.geo, e.labels, e.valid, self.active, self.decode, self.inside, self.iou, self.area,
+                             self.t, e.horizon, p_max, e.max_steps, pairs)

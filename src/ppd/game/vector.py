@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ppd.game.env import Arena, PromptGame
+from ppd.game.observation import State
 
 
 @dataclass
@@ -27,6 +28,8 @@ class VecStep:
     next_mask: np.ndarray  # (B, A) valid actions in next_obs (all False where done)
     mask: np.ndarray  # (B, A) valid actions in obs
     infos: list[dict]  # per game, pre-reset info of the transition
+    states: list[State]  # compact form of obs (PromptGame.snapshot), for a replay buffer
+    next_states: list[State]  # compact form of next_obs
 
 
 def _stack(obs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -58,14 +61,19 @@ class VecGame:
             self._masks.append(info["action_mask"])
         return _stack(self._obs), np.stack(self._masks)
 
+    def states(self) -> list[State]:
+        """Every game's current state, compactly (what ``obs`` shows)."""
+        return [g.snapshot() for g in self.games]
+
     def step(self, actions) -> VecStep:
-        rewards, dones, nxt, nmask, infos = [], [], [], [], []
+        rewards, dones, nxt, nmask, infos, nstates = [], [], [], [], [], []
         for j, (g, a) in enumerate(zip(self.games, actions, strict=True)):
             o, r, term, trunc, info = g.step(int(a))
             done = term or trunc
             rewards.append(r)
             dones.append(done)
             nxt.append(o)
+            nstates.append(g.snapshot())
             infos.append(info)
             nmask.append(np.zeros_like(info["action_mask"]) if done else info["action_mask"])
             if done:
@@ -77,4 +85,5 @@ class VecGame:
                 self._masks[j] = info["action_mask"]
             self._obs[j] = o
         return VecStep(obs=_stack(self._obs), reward=np.array(rewards, np.float32), done=np.array(dones),
-                       next_obs=_stack(nxt), next_mask=np.stack(nmask), mask=np.stack(self._masks), infos=infos)
+                       next_obs=_stack(nxt), next_mask=np.stack(nmask), mask=np.stack(self._masks), infos=infos,
+                       states=self.states(), next_states=nstates)
