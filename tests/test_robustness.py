@@ -97,6 +97,13 @@ def test_kill_during_training_then_resume(tmp_path, data_root):
     rounds = [int(x.split(",")[0]) for x in (out / "log.csv").read_text().splitlines()[1:]]
     assert rounds == list(range(1, len(rounds) + 1)) and rounds[-1] > saved["round"]
     assert not list(out.glob(".checkpoint.*"))
+    # a checkpoint whose replay states point at other images is refused with a one-line error
+    saved = json.loads(state.read_text())
+    state.write_text(json.dumps(saved | {"images": ["0" * 64] * len(saved["images"])}))
+    r = subprocess.run([ppd, "train", "--data", str(data_root), "--out", str(out), "--resume", "--images", "3"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "other images" in r.stderr, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and "other images" in r.stderr.strip().splitlines()[-1]  # after progress bars
 
 
 def test_huge_image_within_memory(tmp_path, segmenter):

@@ -10,8 +10,8 @@ valid actions, a uniform replay buffer, a target network synced every
 actions only, Huber loss, Adam, gradient clipping.
 
 Replay memory (``ppd.agents.replay``) keeps compact game states and rebuilds a
-batch's observations, vectorised, when it is sampled: about 0.8 KB a transition
-instead of 4.6 KB of float16 observations (21 KB with message-passing pairs).
+batch's observations, vectorised, when it is sampled: about 1.1 KB a transition
+instead of 5.5 KB of float16 observations (22 KB with message-passing pairs).
 
 Checkpoints are safetensors (weights) + JSON (configuration); nothing is pickled.
 """

@@ -43,7 +43,12 @@ class QNet(nn.Module):
     def rows(self, slots: torch.Tensor, context: torch.Tensor, valid: torch.Tensor,
              pairs: torch.Tensor | None) -> torch.Tensor:
         """(B, R, H) embedding of every row (DeepSets: each row on its own)."""
-        return torch.relu(self.embed(torch.cat([slots, context[:, None, :].expand(-1, slots.shape[1], -1)], -1)))
+        # layer 1 on [slot_i, context] as W_s slot_i + (W_c context + b): the context part once per
+        # state instead of once per row (same parameters; no (B, R, F + C) copy)
+        first, rest = self.embed[0], self.embed[1:]
+        n = slots.shape[-1]
+        z = slots @ first.weight[:, :n].T + (context @ first.weight[:, n:].T + first.bias)[:, None, :]
+        return torch.relu(rest(z))
 
     def forward(self, slots: torch.Tensor, context: torch.Tensor, pairs: torch.Tensor | None = None) -> torch.Tensor:
         """(B, R, F), (B, C) [, (B, R, R) node cosines] -> Q-values (B, A): A = n_actions or R rows (+1 for stop)."""
@@ -59,9 +64,9 @@ class QNet(nn.Module):
         v = valid[:, :keep, None]
         h = self.rows(x, context, valid[:, :keep], pairs)
         cnt = v.sum(1).clamp(min=1)
-        mean = (h * v).sum(1) / cnt
-        mx = torch.where(v, h, torch.full_like(h, -1e4)).max(1).values
-        mx = torch.where(v.any(1), mx, torch.zeros_like(mx))
+        hv = h * v
+        mean = hv.sum(1) / cnt
+        mx = hv.amax(1)  # h >= 0 (ReLU), so zeroed padding rows never win a max over real rows
         summary = torch.cat([mean, mx, context], -1)  # (B, 2H + C)
         # head layer 1 on [h_i, summary] computed as W_h h_i + (W_s summary + b): the summary
         # part once per state instead of once per row (same parameters, ~3x fewer FLOPs)

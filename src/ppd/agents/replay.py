@@ -16,10 +16,12 @@ copies).
 ``sample`` rebuilds a batch of observations with the same
 ``ppd.game.observation.assemble`` the game uses, so a rebuilt observation equals
 the one the agent saw (up to float16 rounding of the stored decode columns).
-Sizes (64-slot defender): about 0.8 KB a transition, against 4.6 KB for float16
-observations and 21 KB with the message-passing pair matrices
-(``bytes_per_transition``; ``ppd bench replay`` measures both and the time of a
-batch-128 update).
+Sizes (64-slot defender, 21 slot features): 1,141 bytes a transition (47 for
+the transition itself, 662 for its next state, 432 for a quarter of an episode
+record), against 5,481 bytes for two float16 observations and 21,865 with the
+message-passing pair matrices; a 50k buffer is 57 MB instead of 274 MB / 1.1 GB.
+Rebuilding the 256 observations of a batch-128 update takes ~12-17 ms on two
+cores (``ppd bench replay``, docs/bench_replay.txt).
 
 Tables are rings. When the episode table wraps, or the transition a state
 pointer names is overwritten, the transitions that need it become unusable; they
@@ -226,9 +228,8 @@ class ReplayBuffer:
         uniq, inv = np.unique(ep, return_inverse=True)
         feats = torch.stack([self.image_feats[int(self.ep_image[u])][t(self.ep_nodes[u].astype(np.int64))]
                              for u in uniq])
-        inv = t(inv)
-        cos = torch.bmm(feats, feats.transpose(1, 2))[inv]  # per episode, then per state
-        dist = pair_distances(t(self.ep_xy[uniq]), t(self.ep_scale[uniq]))[inv]
+        cos = torch.bmm(feats, feats.transpose(1, 2))  # per episode (assemble spreads them per state)
+        dist = pair_distances(t(self.ep_xy[uniq]), t(self.ep_scale[uniq]))
         xy = t(self.ep_xy[ep])
         bits = lambda a: t(np.unpackbits(a[ep], axis=1, count=r).astype(bool))  # noqa: E731
         with torch.no_grad():
@@ -237,7 +238,7 @@ class ReplayBuffer:
                             t(st["inside"]), t(self.ep_ref[ep].astype(np.float32)), t(self.ep_has_ref[ep]),
                             t(st["iou"].astype(np.float32)), t(st["area"].astype(np.float32)),
                             t(st["t"].astype(np.float32)), t(self.ep_horizon[ep]),
-                            t(self.ep_max_steps[ep].astype(np.float32)), r, self.pairs)
+                            t(self.ep_max_steps[ep].astype(np.float32)), r, self.pairs, episode_of=t(inv))
 
     # ------------------------------------------------------------------ checkpoints
     def state_arrays(self) -> dict[str, np.ndarray]:

@@ -119,11 +119,13 @@ def _relations(cos_off: torch.Tensor, dist_off: torch.Tensor, sel: torch.Tensor)
 def assemble(cos: torch.Tensor, dist: torch.Tensor, xy: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor,
              active: torch.Tensor, decode: torch.Tensor, inside: torch.Tensor, ref: torch.Tensor,
              has_ref: torch.Tensor, iou: torch.Tensor, area: torch.Tensor, t: torch.Tensor, horizon: torch.Tensor,
-             max_steps: int, p_max: int, pairs: bool = False) -> dict[str, torch.Tensor]:
+             max_steps: int | torch.Tensor, p_max: int, pairs: bool = False,
+             episode_of: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """A batch of observations from its parts (all (B, ...) tensors; P slots padded to ``p_max`` rows).
 
     The one place observations are made: the game calls it with B = 1, the replay buffer
-    with a whole batch of stored compact states.
+    with a whole batch of stored compact states. ``episode_of`` (B,): ``cos`` and ``dist`` are
+    given once per episode, (E, P, P), and state b belongs to episode ``episode_of[b]``.
     """
     b, p = valid.shape
     act = active & valid
@@ -132,6 +134,9 @@ def assemble(cos: torch.Tensor, dist: torch.Tensor, xy: torch.Tensor, labels: to
     inside_f = inside.float()
     eye = 4.0 * torch.eye(p)
     cos_off, dist_off = cos - eye, dist + eye
+    if episode_of is not None:
+        cos_off, dist_off = cos_off[episode_of], dist_off[episode_of]
+        cos = cos[episode_of] if pairs else cos
     mean_p, max_p, near_p = _relations(cos_off, dist_off, pos)
     mean_n, max_n, near_n = _relations(cos_off, dist_off, neg)
     f = torch.stack([valid.float(), act.float(), lab, xy[..., 0], xy[..., 1], decode[..., 0], inside_f,
