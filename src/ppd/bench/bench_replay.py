@@ -18,7 +18,6 @@ are medians over ``repeats`` calls.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ import torch
 from ppd import data
 from ppd.agents import DQNAgent, DQNConfig, ReplayBuffer
 from ppd.bench.bench_game import _pick_images
+from ppd.bench.bench_sam import _median_time
 from ppd.game import Arena, GameConfig, ImageBank, PromptGame
 from ppd.game.observation import N_CONTEXT, N_SLOT_FEATURES
 from ppd.sam import Segmenter
@@ -58,17 +58,6 @@ def _float16_store(buf: ReplayBuffer) -> dict[str, np.ndarray]:
     return {k: v.numpy().astype(np.float16) for k, v in out.items()}
 
 
-def _timed(fn, repeats: int) -> float:
-    """Median seconds of one call (the median: this kind of shared VM has bursts of slow calls)."""
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
-
 def run(data_root=None, n_transitions: int = 1000, n_images: int = 12, batch: int = 128, repeats: int = 30,
         seed: int = 0, cache_dir=None, out=None, progress: bool = True) -> dict:
     cfg = GameConfig(pair_obs=True)
@@ -97,16 +86,16 @@ def run(data_root=None, n_transitions: int = 1000, n_images: int = 12, batch: in
             agent = DQNAgent.for_env(env, DQNConfig(arch=arch, batch_size=batch), seed=seed, buffer=False)
             buf.pairs = pairs
             srng = np.random.default_rng(seed + 1)
-            t_compact = _timed(lambda: buf.sample(batch, srng), repeats)  # noqa: B023
+            t_compact = _median_time(lambda: buf.sample(batch, srng), repeats)  # noqa: B023
 
             def gather(srng=srng, store=store, pairs=pairs, n=n):
                 idx = srng.integers(0, n, batch)
                 return {k: torch.from_numpy(v[idx].astype(np.float32)) for k, v in store.items()
                         if pairs or "pairs" not in k}
 
-            t_f16 = _timed(gather, repeats)
+            t_f16 = _median_time(gather, repeats)
             b = buf.sample(batch, srng)
-            t_upd = _timed(lambda: agent.update(b), repeats)  # noqa: B023
+            t_upd = _median_time(lambda: agent.update(b), repeats)  # noqa: B023
             row[arch] = {"bytes_compact": compact.bytes_per_transition, "bytes_float16": full,
                          "memory_ratio": round(full / compact.bytes_per_transition, 1),
                          "sample_ms_compact": round(1e3 * t_compact, 1), "sample_ms_float16": round(1e3 * t_f16, 1),
