@@ -47,6 +47,19 @@ def interior_point(mask: np.ndarray) -> tuple[int, int]:
     return int(x), int(y)
 
 
+def td_loss_before_after(agent, updates: int, probe: int) -> tuple[float, float]:
+    """TD loss on a fixed probe batch of the agent's buffer before and after ``updates`` updates."""
+    import torch
+
+    batch = agent.buffer.sample(probe, np.random.default_rng(1))
+    with torch.no_grad():
+        before = agent.td_loss(batch).item()
+    for _ in range(updates):
+        agent.update()
+    with torch.no_grad():
+        return before, agent.td_loss(batch).item()
+
+
 def fill_buffer(agent, env, n: int, rng) -> None:
     """Fill an agent's replay buffer with ``n`` transitions of random valid actions in ``env``."""
     while agent.buffer.size < n:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import fill_buffer, pick
+from conftest import fill_buffer, pick, td_loss_before_after
 from ppd import train
 from ppd.agents import DQNAgent, DQNConfig, QNet
 from ppd.errors import CheckpointError
@@ -40,13 +40,7 @@ def test_td_loss_drops_on_fixed_buffer(arena):
     env = PromptGame(arena, "defender", seed=0, strict=True)
     agent = DQNAgent.for_env(env, DQNConfig(buffer_size=600, target_sync=10**9, lr=1e-3), seed=0)
     fill_buffer(agent, env, 600, rng)
-    probe = agent.buffer.sample(512, np.random.default_rng(1))
-    with torch.no_grad():
-        before = agent.td_loss(probe).item()
-    for _ in range(200):
-        agent.update()
-    with torch.no_grad():
-        after = agent.td_loss(probe).item()
+    before, after = td_loss_before_after(agent, 200, probe=512)
     assert after <= 0.8 * before, (before, after)
     assert agent.buffer.bytes_per_transition < 10_000
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import fill_buffer, pick
+from conftest import fill_buffer, pick, td_loss_before_after
 from ppd.agents import DQNAgent, DQNConfig
 from ppd.agents.qnet import MPQNet
 from ppd.cli import main
@@ -122,13 +122,8 @@ def test_mp_agent_learns_saves_and_refines(arena, segmenter, manifest, tmp_path)
                                             target_sync=10**9), seed=0)
     fill_buffer(agent, env, 300, np.random.default_rng(0))
     obs, _ = env.reset()
-    probe = agent.buffer.sample(256, np.random.default_rng(1))
-    with torch.no_grad():
-        before = agent.td_loss(probe).item()
-    for _ in range(150):
-        agent.update()
-    with torch.no_grad():
-        assert agent.td_loss(probe).item() <= 0.8 * before
+    before, after = td_loss_before_after(agent, 150, probe=256)
+    assert after <= 0.8 * before, (before, after)
     agent.save(tmp_path / "defender")
     back = DQNAgent.load(tmp_path / "defender", expect_role="defender")
     assert back.cfg.arch == "mp" and back.needs_pairs

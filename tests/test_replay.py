@@ -52,10 +52,10 @@ def test_rebuilt_observations_equal_the_games(arena, role):
     buf = ReplayBuffer(1000, env.rows, int(env.action_space.n), pairs=True)
     seen = play(env, buf, 120, np.random.default_rng(0))
     assert buf.size == 120 and buf.n_episodes < 60  # states shared along episodes, not one episode each
-    rng = np.random.default_rng(1)
-    idx_rng = np.random.default_rng(1)
-    batch = buf.sample(64, rng)
-    idx = idx_rng.integers(0, buf.size, 64)  # the same draw: every transition is usable here
+    idx = buf.draw(64, np.random.default_rng(1))
+    batch = buf.batch(idx)
+    again = buf.sample(64, np.random.default_rng(1))  # sample = batch of the same draw
+    assert all(torch.equal(batch[k], again[k]) for k in batch)
     assert check_batch(buf, idx, batch, seen) < 2e-3  # float16 storage of the decode columns
     full = ReplayBuffer.observation_bytes(env.rows, N_SLOT_FEATURES, 7, int(env.action_space.n), pairs=True)
     assert buf.bytes_per_transition * 10 < full, (buf.bytes_per_transition, full)
@@ -68,17 +68,9 @@ def test_rings_wrap_and_skip_what_they_lost(arena):
     assert buf.size == 40 and buf.n_added == 150
     usable = buf.usable(np.arange(40))
     assert 0 < usable.sum() < 40  # 2 episodes of <= 15 steps cannot cover 40 transitions
-    rng = np.random.default_rng(5)
     idx = np.nonzero(usable)[0]
-    batch = buf.sample(32, rng)
-    # which transitions were drawn: redo the draw with the same generator state
-    rng2 = np.random.default_rng(5)
-    draw = rng2.integers(0, buf.size, 32)
-    for _ in range(100):
-        bad = ~buf.usable(draw)
-        if not bad.any():
-            break
-        draw[bad] = rng2.integers(0, buf.size, int(bad.sum()))
+    draw = buf.draw(32, np.random.default_rng(5))
+    batch = buf.batch(draw)
     assert set(draw) <= set(idx)
     assert check_batch(buf, draw, batch, seen) < 2e-3
 

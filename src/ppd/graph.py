@@ -132,6 +132,15 @@ def mask_fractions(graph: DualGraph, mask: np.ndarray) -> np.ndarray:
     return (inside / area).astype(np.float32)
 
 
+def prototypes(weights: np.ndarray, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unit mean features of the nodes weighted by ``weights`` (0..1 shares under a mask) and by
+    ``1 - weights`` (the rest): the object and background prototypes (zero when a side is empty)."""
+    w = weights.astype(np.float32)
+    fg, bg = w @ feats, (1.0 - w) @ feats
+    return ((fg / max(float(np.linalg.norm(fg)), 1e-8)).astype(np.float32),
+            (bg / max(float(np.linalg.norm(bg)), 1e-8)).astype(np.float32))
+
+
 @dataclass
 class Reference:
     """What a one-shot reference tells about the object sought: its graph's node features
@@ -149,10 +158,7 @@ class Reference:
     def __post_init__(self) -> None:
         if len(self.feats) != len(self.frac) or len(self.frac) == 0:
             raise ValueError("reference needs one mask share per node, and at least one node")
-        w = self.frac.astype(np.float32)
-        fg, bg = w @ self.feats, (1.0 - w) @ self.feats
-        self.proto_fg = (fg / max(float(np.linalg.norm(fg)), 1e-8)).astype(np.float32)
-        self.proto_bg = (bg / max(float(np.linalg.norm(bg)), 1e-8)).astype(np.float32)
+        self.proto_fg, self.proto_bg = prototypes(self.frac, self.feats)
 
     @classmethod
     def from_mask(cls, graph: DualGraph, mask: np.ndarray) -> Reference:

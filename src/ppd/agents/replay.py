@@ -67,14 +67,6 @@ class _States:
                 "inside": np.unpackbits(self.inside[idx], axis=1, count=r).astype(bool),
                 "decode": self.decode[idx], "iou": self.iou[idx], "area": self.area[idx]}
 
-    def arrays(self, prefix: str, n: int) -> dict[str, np.ndarray]:
-        return {f"{prefix}.{k}": v[:n] for k, v in vars(self).items() if isinstance(v, np.ndarray)}
-
-    def load(self, prefix: str, arrays: Mapping[str, np.ndarray]) -> None:
-        for k, v in vars(self).items():
-            if isinstance(v, np.ndarray):
-                v[: len(arrays[f"{prefix}.{k}"])] = arrays[f"{prefix}.{k}"]
-
 
 def _pick(first: dict[str, np.ndarray], second: dict[str, np.ndarray], use_first: np.ndarray) -> dict:
     out = {}
@@ -123,17 +115,17 @@ class ReplayBuffer:
         self._open: OrderedDict[int, tuple[State, int, int, int, int]] = OrderedDict()
 
     # ------------------------------------------------------------------ size
-    def _tables(self) -> list[np.ndarray]:
-        out = []
-        for v in list(vars(self).values()) + list(vars(self.next).values()) + list(vars(self.ep_first).values()):
-            if isinstance(v, np.ndarray):
-                out.append(v)
+    def _tables(self) -> dict[str, np.ndarray]:
+        """Every stored array by name (what checkpoints hold and what the memory counts)."""
+        out = {k: v for k, v in vars(self).items() if isinstance(v, np.ndarray)}
+        for prefix, part in (("next", self.next), ("ep_first", self.ep_first)):
+            out |= {f"{prefix}.{k}": v for k, v in vars(part).items() if isinstance(v, np.ndarray)}
         return out
 
     @property
     def nbytes(self) -> int:
         """Bytes allocated for the whole capacity (graph features are the bank's, not counted)."""
-        return sum(a.nbytes for a in self._tables())
+        return sum(a.nbytes for a in self._tables().values())
 
     @property
     def bytes_per_transition(self) -> int:
@@ -197,21 +189,30 @@ class ReplayBuffer:
         p = self.prev[idx]
         return ok & ((p < 0) | (self.serial[np.maximum(p, 0)] == self.prev_serial[idx]))
 
-    def sample(self, n: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        """``n`` transitions drawn uniformly among the usable ones, observations rebuilt."""
+    def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """``n`` transition slots drawn uniformly among the usable ones."""
         idx = rng.integers(0, self.size, n)
         for _ in range(100):
             bad = ~self.usable(idx)
             if not bad.any():
-                break
+                return idx
             idx[bad] = rng.integers(0, self.size, int(bad.sum()))
-        else:
-            raise RuntimeError("the replay buffer holds almost no usable transitions")
-        ep = self.episode[idx]
-        p = self.prev[idx]
-        first = p < 0
-        s = _pick(self.ep_first.take(ep), self.next.take(np.maximum(p, 0)), first)
-        s2 = self.next.take(idx)
+        raise RuntimeError("the replay buffer holds almost no usable transitions")
+
+    def states(self, idx: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Episode slots, states and next states (``_States.take`` arrays) of transitions ``idx``."""
+        ep, p = self.episode[idx], self.prev[idx]
+        s = _pick(self.ep_first.take(ep), self.next.take(np.maximum(p, 0)), p < 0)
+        return ep, s, self.next.take(idx)
+
+    def sample(self, n: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """``n`` transitions drawn uniformly among the usable ones, observations rebuilt."""
+        return self.batch(self.draw(n, rng))
+
+    def batch(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        """Transitions ``idx`` as a training batch, both observations rebuilt in one call."""
+        n = len(idx)
+        ep, s, s2 = self.states(idx)
         obs = self.observations(np.concatenate([ep, ep]), {k: np.concatenate([s[k], s2[k]]) for k in s})
         t = torch.from_numpy
         out = {"slots": obs["slots"][:n], "ctx": obs["context"][:n], "next_slots": obs["slots"][n:],
@@ -243,21 +244,16 @@ class ReplayBuffer:
     # ------------------------------------------------------------------ checkpoints
     def state_arrays(self) -> dict[str, np.ndarray]:
         """Everything needed to restore the buffer (no graph features: see ``load_arrays``)."""
-        out = {k: v for k, v in vars(self).items() if isinstance(v, np.ndarray)}
-        out |= self.next.arrays("next", self.capacity) | self.ep_first.arrays("ep_first", self.episode_capacity)
-        out["counters"] = np.array([self.size, self.pos, self.ep_pos, self.n_added, self.n_episodes], np.int64)
-        return out
+        counters = np.array([self.size, self.pos, self.ep_pos, self.n_added, self.n_episodes], np.int64)
+        return self._tables() | {"counters": counters}
 
     def load_arrays(self, arrays: Mapping[str, np.ndarray], image_feats: Mapping[int, np.ndarray]) -> None:
         """Restore ``state_arrays``; ``image_feats[i]`` must be the graph features of image ``i`` of
         the bank the buffer was filled from (the same images in the same order)."""
-        for k, v in vars(self).items():
-            if isinstance(v, np.ndarray):
-                if arrays[k].shape != v.shape:
-                    raise ValueError(f"replay table {k}: {arrays[k].shape} stored, {v.shape} expected")
-                v[...] = arrays[k]
-        self.next.load("next", arrays)
-        self.ep_first.load("ep_first", arrays)
+        for k, v in self._tables().items():
+            if arrays[k].shape != v.shape:
+                raise ValueError(f"replay table {k}: {arrays[k].shape} stored, {v.shape} expected")
+            v[...] = arrays[k]
         self.size, self.pos, self.ep_pos, self.n_added, self.n_episodes = (int(x) for x in arrays["counters"])
         used = np.unique(self.ep_image[self.ep_serial >= 0])
         missing = [int(i) for i in used if int(i) not in image_feats]

@@ -46,12 +46,8 @@ def _fill(env: PromptGame, buf: ReplayBuffer, n: int, rng: np.random.Generator) 
 
 def _float16_store(buf: ReplayBuffer) -> dict[str, np.ndarray]:
     """Both observations of every stored transition as float16 arrays (what the old buffer kept)."""
-    idx = np.arange(buf.size)
-    ep, p = buf.episode[idx], buf.prev[idx]
-    from ppd.agents.replay import _pick
-
-    s = _pick(buf.ep_first.take(ep), buf.next.take(np.maximum(p, 0)), p < 0)
-    o1, o2 = buf.observations(ep, s), buf.observations(ep, buf.next.take(idx))
+    ep, s, s2 = buf.states(np.arange(buf.size))
+    o1, o2 = buf.observations(ep, s), buf.observations(ep, s2)
     out = {"slots": o1["slots"], "ctx": o1["context"], "next_slots": o2["slots"], "next_ctx": o2["context"]}
     if "pairs" in o1:
         out |= {"pairs": o1["pairs"], "next_pairs": o2["pairs"]}

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ppd.graph import DualGraph, Reference
+from ppd.graph import DualGraph, Reference, prototypes
 from ppd.prompts import PromptSet
 
 SLOT_FEATURES = (
@@ -88,13 +88,7 @@ def decode_columns(graph: DualGraph, geo: Geometry, slot_logits: np.ndarray,
     """(P, 5) ``DECODE_COLUMNS``, (P,) logit > 0, mask area: all an observation reads from a decode."""
     logit = slot_logits.astype(np.float32)
     frac = node_frac.astype(np.float32) / 255.0
-    if frac.sum() > 0:
-        proto_m = frac @ graph.feats
-        proto_m /= max(np.linalg.norm(proto_m), 1e-8)
-    else:
-        proto_m = np.zeros(graph.feats.shape[1], np.float32)
-    proto_b = (1.0 - frac) @ graph.feats
-    proto_b /= max(np.linalg.norm(proto_b), 1e-8)
+    proto_m, proto_b = prototypes(frac, graph.feats)
     knn_frac = frac[geo.knn].mean(1) if geo.knn.shape[1] else frac[geo.nodes]
     cols = np.stack([np.tanh(logit / 8.0), geo.feats @ proto_m, geo.feats @ proto_b, knn_frac, frac[geo.nodes]], 1)
     return cols.astype(np.float32), logit > 0, float(frac.mean())
