@@ -15,7 +15,9 @@ def test_manifest_contents(manifest):
     for s in manifest:
         counts[(s.dataset, s.split)] = counts.get((s.dataset, s.split), 0) + 1
     assert counts[("ecssd", "train")] == 250 and counts[("ecssd", "val")] == 50
-    assert counts[("kvasir", "eval")] == 900 and counts[("ph2", "eval")] == 100
+    assert [counts[("kvasir", sp)] for sp in ("train", "val", "eval")] == [400, 100, 400]
+    assert [counts[("ph2", sp)] for sp in ("train", "val", "eval")] == [30, 20, 50]
+    assert counts[("ecssd", "eval")] == 200 and counts[("dsb2018", "val")] == 10
     assert counts[("dsb2018", "train")] == 55 and counts[("isbi2012", "train")] == 30
     s = manifest[0]
     assert s.image_path.is_file() and s.mask_path.is_file()

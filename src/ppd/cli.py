@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ppd.errors import InvalidMaskError, InvalidPromptError, OutputError, PPDError
+from ppd.errors import ConfigError, InvalidMaskError, InvalidPromptError, OutputError, PPDError
 
 
 def _parse_point(text: str) -> tuple[float, float, int]:
@@ -296,6 +296,23 @@ def cmd_oneshot(args) -> int:
 
 
 # ----------------------------------------------------------------------------- train
+def parse_weights(spec: str) -> dict[str, float]:
+    """``ecssd:0.3,kvasir:0.7`` (a name without ``:W`` weighs 1) -> {name: weight}; ``all`` -> {}."""
+    if spec.strip() == "all":
+        return {"*": 1.0}
+    out: dict[str, float] = {}
+    for part in spec.split(","):
+        name, _, w = part.strip().partition(":")
+        try:
+            weight = float(w) if w else 1.0
+        except ValueError:
+            raise ConfigError(f"--datasets: weight of {name!r} is not a number: {w!r}") from None
+        if not name or weight <= 0 or not np.isfinite(weight):
+            raise ConfigError(f"--datasets: give NAME:WEIGHT pairs with weights > 0, got {part.strip()!r}")
+        out[name] = weight
+    return out
+
+
 def cmd_train(args) -> int:
     from dataclasses import replace
 
@@ -311,6 +328,8 @@ def cmd_train(args) -> int:
                 cfg = replace(cfg, **{k: v})
         if args.ref_prob is not None:
             cfg = replace(cfg, game=replace(cfg.game, ref_prob=args.ref_prob))
+        if args.datasets is not None:
+            cfg = replace(cfg, game=replace(cfg.game, dataset_weights=parse_weights(args.datasets)))
         if args.arch is not None:
             cfg = replace(cfg, attacker=replace(cfg.attacker, arch=args.arch),
                           defender=replace(cfg.defender, arch=args.arch))
@@ -460,6 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="references per train image for the one-shot sets (default 4)")
     t.add_argument("--ref-prob", type=float, help="share of episodes that see a one-shot reference (default 0.8)")
     t.add_argument("--arch", choices=["deepsets", "mp"], help="Q-network of both agents (default deepsets)")
+    t.add_argument("--datasets", metavar="NAME:W,...",
+                   help="datasets to train on and their sampling weights (default ecssd:0.6,dsb2018:0.25,"
+                        "isbi2012:0.15, the cross-domain protocol; 'all' = every dataset of the split, equal weight)")
     t.add_argument("--images", type=int, help="train on a seeded subset of N images (smoke runs)")
     t.add_argument("--seed", type=int, default=0)
     sam_opts(t)

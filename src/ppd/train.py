@@ -42,7 +42,7 @@ from safetensors.torch import save_file as save_pt
 
 from ppd import data
 from ppd.agents.dqn import DQNAgent, DQNConfig, linear_epsilon
-from ppd.errors import CheckpointError
+from ppd.errors import CheckpointError, DataError
 from ppd.game import Arena, GameConfig, ImageBank, PromptGame
 from ppd.io import atomic_write
 
@@ -414,6 +414,12 @@ def run(data_root, split: str, out: str, resume: bool = False, cfg: TrainConfig 
         raise CheckpointError(f"{out_p} already holds a run; use --resume or another --out")
     cfg = cfg or TrainConfig()
     samples = data.load_dataset(data_root, split=split)
+    if "*" in cfg.game.dataset_weights:  # every dataset of the split, equal weight
+        cfg = replace(cfg, game=replace(cfg.game, dataset_weights=dict.fromkeys(sorted({s.dataset for s in samples}),
+                                                                                1.0)))
+    unknown = sorted(set(cfg.game.dataset_weights) - {s.dataset for s in samples})
+    if unknown:
+        raise DataError(f"no {split!r} rows of dataset(s) {', '.join(unknown)} in {data_root}")
     samples = [s for s in samples if s.dataset in cfg.game.dataset_weights and cfg.game.dataset_weights[s.dataset] > 0
                and f"{s.dataset}/{s.id}" not in (exclude or set())]
     if limit_images:
