@@ -72,3 +72,15 @@ def fill_buffer(agent, env, n: int, rng) -> None:
             agent.buffer.add(state, a, r, nxt, np.zeros_like(info["action_mask"]) if done else info["action_mask"],
                              done)
             state = nxt
+
+
+def plain_folder(folder, samples):
+    """A user's images/ + masks/ folder (copies in a temporary directory, never in the repo)."""
+    import shutil
+
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    for s in samples:
+        shutil.copy(s.image_path, folder / "images" / s.image_path.name)
+        shutil.copy(s.mask_path, folder / "masks" / s.mask_path.name)
+    return folder

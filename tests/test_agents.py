@@ -65,7 +65,7 @@ def test_save_load_identical_q_values(tmp_path, arena):
     back = DQNAgent.load(tmp_path / "defender", expect_role="defender")
     assert np.array_equal(agent.q_values(obs["slots"], obs["context"]), back.q_values(obs["slots"], obs["context"]))
     assert back.meta == {"note": "x"}
-    with pytest.raises(CheckpointError, match="not a attacker"):
+    with pytest.raises(CheckpointError, match="not an attacker"):
         DQNAgent.load(tmp_path / "defender", expect_role="attacker")
     raw = (tmp_path / "defender.safetensors").read_bytes()
     (tmp_path / "defender.safetensors").write_bytes(raw[: len(raw) // 2])  # truncated

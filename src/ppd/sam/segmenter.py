@@ -20,8 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ppd.errors import ImageNotSetError, InvalidPromptError
-from ppd.io import check_image_array
+from ppd.errors import ConfigError, ImageNotSetError, InvalidPromptError
+from ppd.io import check_box, check_image_array, check_points  # noqa: F401  (check_* re-exported)
 from ppd.sam import fast_decoder
 from ppd.sam.allocator import keep_large_blocks
 from ppd.sam.cache import EmbeddingCache, image_key
@@ -69,47 +69,6 @@ def preprocess_shape(h: int, w: int, long_side: int = IMG_SIZE) -> tuple[int, in
     return int(h * scale + 0.5), int(w * scale + 0.5)
 
 
-def check_points(points, labels, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Validate (N, 2) x, y points inside [0, W) x [0, H) and (N,) labels in {0, 1}."""
-    h, w = size
-    try:
-        pts = np.asarray(points, dtype=np.float64).reshape(-1, 2) if points is not None else np.zeros((0, 2))
-        if points is not None and np.asarray(points).ndim != 2:
-            raise ValueError
-    except (ValueError, TypeError):
-        raise InvalidPromptError(f"points must be an (N, 2) array of x, y, got shape {np.shape(points)}") from None
-    if labels is None:
-        labs = np.ones(len(pts), np.int64)
-    else:
-        labs_f = np.asarray(labels, dtype=np.float64)
-        if labs_f.shape != (len(pts),):
-            raise InvalidPromptError(f"labels must have shape ({len(pts)},), got {labs_f.shape}")
-        if not np.all(np.isin(labs_f, (0, 1))):
-            raise InvalidPromptError(f"labels must be 1 (positive) or 0 (negative), got {np.unique(labs_f).tolist()}")
-        labs = labs_f.astype(np.int64)
-    if not np.all(np.isfinite(pts)):
-        raise InvalidPromptError("points contain NaN or infinite coordinates")
-    bad = (pts[:, 0] < 0) | (pts[:, 0] >= w) | (pts[:, 1] < 0) | (pts[:, 1] >= h)
-    if bad.any():
-        x, y = pts[bad][0]
-        raise InvalidPromptError(f"point ({x:g}, {y:g}) is outside the {w}x{h} image")
-    return pts, labs
-
-
-def check_box(box, size: tuple[int, int]) -> np.ndarray:
-    h, w = size
-    try:
-        b = np.asarray(box, dtype=np.float64).reshape(4)
-    except (ValueError, TypeError):
-        raise InvalidPromptError(f"box must be 4 numbers x0, y0, x1, y1, got {box!r}") from None
-    if not np.all(np.isfinite(b)):
-        raise InvalidPromptError("box contains NaN or infinite coordinates")
-    x0, y0, x1, y1 = b
-    if not (0 <= x0 <= x1 <= w and 0 <= y0 <= y1 <= h):
-        raise InvalidPromptError(f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) is not ordered inside the {w}x{h} image")
-    return b
-
-
 @functools.cache
 def bf16_is_faster() -> bool:
     """Whether bfloat16 matmuls beat float32 on this CPU (measured once, ~50 ms).
@@ -143,7 +102,7 @@ class Segmenter:
         if tune_allocator:
             keep_large_blocks()
         if precision not in ("fp32", "bf16", "auto"):
-            raise ValueError(f"precision must be 'fp32', 'bf16' or 'auto', got {precision!r}")
+            raise ConfigError(f"precision must be 'fp32', 'bf16' or 'auto', got {precision!r}")
         if precision == "auto":
             precision = "bf16" if bf16_is_faster() else "fp32"
         self.model, self.model_sha256 = load_mobile_sam(checkpoint, verify=verify)
