@@ -10,6 +10,7 @@ choice of one state per pair without ground truth, plus the GT-best state as a c
 
 Run: .venv/bin/python benchmarks/trajectory_val.py --dataset kvasir [--split val] [--references 5]
      [--limit 40] [--defender PATH] [--budget 10] [--cycle] [--out FILE.json]
+     .venv/bin/python benchmarks/trajectory_val.py --dataset D --summarize FILE.json
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ def rules(p: dict, stop_q: float = 0.0) -> dict[str, int]:
 
     return {"k-means (state 0)": 0, "Q-stop (fm-ppd today)": qstop,
             "reference, up to the Q-stop": best(qstop, score), "reference, whole budget": best(len(q), score),
+            "SAM IoU, up to the Q-stop": int(tr[: qstop + 1, 0].argmax()),
             "SAM IoU, whole budget": int(tr[:, 0].argmax()),
             "reference + IoU, whole budget": best(len(q), score + tr[:, 0]),
             "GT-best state (ceiling)": int(np.argmax(p["dice"]))}
@@ -111,7 +113,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cycle", action="store_true", help="start from cycle-consistent matches")
     ap.add_argument("--out")
+    ap.add_argument("--summarize", metavar="FILE.json", help="only print the table of an earlier --out")
     args = ap.parse_args()
+    if args.summarize:
+        pairs = json.loads(Path(args.summarize).read_text())["pairs"]
+        for name, (m, sd) in summarize(pairs).items():
+            print(f"  {name:32s} {m:5.1f} ± {sd:4.1f}")
+        return
     pairs = trajectories(args)
     table = summarize(pairs)
     print(f"{args.dataset} {args.split}, {len(pairs)} pairs, defender {args.defender or 'shipped'}:")

@@ -168,6 +168,7 @@ def test_choose_step_rules():
     trace = [(0.9, 0.2, 0.5), (0.8, 0.6, 0.3), (0.95, 0.5, 0.1), (0.7, nan, nan)]
     assert choose_step(trace, "last") == 3
     assert choose_step(trace, "reference") == 2  # largest object minus background similarity: 0.4
+    assert choose_step(trace, "iou") == 2
     assert choose_step([(0.9, nan, nan)] * 3, "reference") == 2  # no reference: as "last"
     with pytest.raises(ConfigError):
         Defender("untrained", select="oracle")

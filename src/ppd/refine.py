@@ -49,9 +49,10 @@ def load_agent(spec: str | Path | None, role: str, like: DQNAgent | None = None,
 
 
 #: How the final state is chosen among those the defender visited: "last" (where its stop rule
-#: ended) or "reference" (the state whose mask agrees best with the one-shot reference, object
-#: similarity minus background similarity; "last" when no reference is set). No ground truth.
-SELECT_RULES = ("last", "reference")
+#: ended), "iou" (the state with SAM's highest predicted IoU) or "reference" (the state whose mask
+#: agrees best with the one-shot reference, object similarity minus background similarity; "last"
+#: when no reference is set). None of them reads the ground truth.
+SELECT_RULES = ("last", "iou", "reference")
 
 
 def choose_step(trace: list[tuple[float, float, float]], rule: str) -> int:
@@ -59,6 +60,8 @@ def choose_step(trace: list[tuple[float, float, float]], rule: str) -> int:
     last = len(trace) - 1
     if rule == "last" or not trace:
         return last
+    if rule == "iou":
+        return int(np.argmax([iou for iou, _, _ in trace]))
     score = np.array([fg - bg for _, fg, bg in trace])
     if np.isnan(score).all():
         return last
