@@ -232,3 +232,35 @@ def test_defender_settings_travel_with_the_agent(tmp_path, segmenter, capsys):
                "--defender-opt", "nope=1"])
     err = capsys.readouterr().err
     assert rc == 2 and "nope=1" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cycle_consistent_matching(segmenter, manifest):
+    """cycle=True keeps the subset of candidates whose target patch maps back to its own side of the
+    reference mask; FeatureMatcher and the eval config carry the switch."""
+    from ppd.evaluate.harness import EvalConfig, config_key
+    from ppd.oneshot import match_patches, patch_fractions
+
+    ref, tgt = pick(manifest, "kvasir", "val", 2)
+    segmenter.set_image(ref.image())
+    r = segmenter.features()
+    frac = patch_fractions(ref.mask(), segmenter.input_size)
+    segmenter.set_image(tgt.image())
+    t = segmenter.features()
+    args = (r.grid, r.valid, frac, t.grid, t.valid, t.patch_size, segmenter.original_size)
+    plain, cyc = match_patches(*args), match_patches(*args, cycle=True)
+    assert 0 < len(cyc) < len(plain)
+    both = {(x, y, lab) for (x, y), lab in zip(plain.points.tolist(), plain.labels.tolist(), strict=True)}
+    assert {(x, y, lab) for (x, y), lab in zip(cyc.points.tolist(), cyc.labels.tolist(), strict=True)} <= both
+    rr, rc = np.nonzero(r.valid)
+    ref_unit = r.grid[rr, rc] / np.linalg.norm(r.grid[rr, rc], axis=1, keepdims=True)
+    for (x, y), lab in zip(cyc.points, cyc.labels, strict=True):  # the backward match agrees with the label
+        f = t.grid[int(y // t.patch_size), int(x // t.patch_size)]
+        sim = ref_unit @ (f / np.linalg.norm(f))
+        inside = frac[rr, rc] >= 0.5
+        same, other = (inside, ~inside) if lab else (~inside, inside)
+        assert sim[same].max() >= sim[other].max() - 1e-5  # float32 vs float64: ties within rounding
+    fm = FeatureMatcher(segmenter, cycle=True)
+    fm.set_reference(ref.image(), ref.mask())
+    got = fm.match(tgt.image())
+    assert np.array_equal(got.points, cyc.points) and np.array_equal(got.labels, cyc.labels)
+    assert "cycle" not in config_key(EvalConfig(cycle=False)) and config_key(EvalConfig(cycle=True))["cycle"]

@@ -118,7 +118,7 @@ def _demo_oneshot(args) -> int:
             return read_mask(p) if mask else read_image(p)
 
     seg = _segmenter(args)
-    fm = FeatureMatcher(seg)
+    fm = FeatureMatcher(seg, cycle=args.cycle)
     dfd = Defender(load_agent(args.defender, "defender"), segmenter=seg, **_defender_opts(args))
     print(f"{'target':10s} {'FM':>5s} {'k-means':>7s} {'kept':>4s} {'Dice FM-kmeans':>14s} {'Dice FM-PPD':>11s} "
           f"{'time':>6s}  overlay")
@@ -341,7 +341,7 @@ def cmd_oneshot(args) -> int:
             _say(f"{t}: shares its file name with another target; its outputs are named {stem}.*")
     _say("loading SAM ...")
     seg = _segmenter(args)
-    fm = FeatureMatcher(seg)
+    fm = FeatureMatcher(seg, cycle=args.cycle)
     _say("embedding the reference ...")
     fm.set_reference(ref, ref_mask)
     dfd = None if agent is None else Defender(agent, segmenter=seg, **opts)
@@ -439,7 +439,8 @@ def cmd_eval(args) -> int:
     from ppd.sam.cache import default_cache_dir
 
     methods = None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
-    cfg = harness.EvalConfig(k=args.k, seed=args.seed, attack_steps=args.attack_steps, cycle=args.cycle)
+    cfg = harness.EvalConfig(k=args.k, seed=args.seed, attack_steps=args.attack_steps,
+                             **({} if args.cycle is None else {"cycle": args.cycle}))
     cache_root = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     rows, summary = harness.run(args.data, args.dataset, args.split, methods, references=args.references,
                                 reference_id=args.reference, limit=args.limit, out_dir=args.out, cfg=cfg,
@@ -466,6 +467,13 @@ def cmd_data(args) -> int:
         for (ds, sp), n in sorted(counts.items()):
             print(f"{ds:10s} {sp:6s} {n:5d}")
     return 0
+
+
+def cycle_opt(sp) -> None:
+    """--cycle / --no-cycle: the one-shot start set's matching (default: ppd.oneshot.CYCLE)."""
+    sp.add_argument("--cycle", action=argparse.BooleanOptionalAction, default=None,
+                    help="start sets from cycle-consistent (forward-backward) feature matches only "
+                         "(default: the pipeline's, ppd.oneshot.CYCLE)")
 
 
 DEFENDER_OPT_HELP = ("override a setting the defender refines with (repeatable; e.g. max_removals=12, "
@@ -508,6 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--defender", help="defender checkpoint, or 'untrained' (default: the shipped one)")
     d.add_argument("--defender-opt", action="append", metavar="KEY=VALUE", help=DEFENDER_OPT_HELP)
     d.add_argument("-k", type=int, default=10, help="prompts kept per class by k-means (default 10)")
+    cycle_opt(d)
     sam_opts(d)
     d.set_defaults(func=cmd_demo)
 
@@ -548,6 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--defender", help="defender checkpoint, or 'untrained' (default: the shipped one)")
     o.add_argument("--defender-opt", action="append", metavar="KEY=VALUE", help=DEFENDER_OPT_HELP)
     o.add_argument("-k", type=int, default=10, help="prompts kept per class by k-means (default 10)")
+    cycle_opt(o)
     o.add_argument("--seed", type=int, default=0)
     sam_opts(o)
     o.set_defaults(func=cmd_oneshot)
@@ -608,8 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--attacker", help="attacker checkpoint (default: the shipped one)")
     ev.add_argument("-k", type=int, default=10, help="prompts kept per class by k-means (default 10)")
     ev.add_argument("--attack-steps", type=int, default=8, help="attacker moves for ideal-attacked (default 8)")
-    ev.add_argument("--cycle", action="store_true",
-                    help="start sets from cycle-consistent feature matches (forward-backward agreement)")
+    cycle_opt(ev)
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--base", metavar="DIR", help="an earlier --out of the same protocol: its rows stand for the "
                     "methods not run now (checked: same dataset, references, targets, settings)")

@@ -82,11 +82,17 @@ def match_patches(ref_grid: np.ndarray, ref_valid: np.ndarray, ref_frac: np.ndar
     return Candidates(points=pts.astype(np.float32), labels=claims[keep, 1].astype(np.int64))
 
 
-class FeatureMatcher:
-    """Reference patches -> nearest target patches. ``set_reference`` once, ``match`` per target."""
+#: Whether one-shot start sets come from cycle-consistent matches by default (``match_patches``).
+CYCLE = False
 
-    def __init__(self, segmenter: Segmenter) -> None:
+
+class FeatureMatcher:
+    """Reference patches -> nearest target patches. ``set_reference`` once, ``match`` per target.
+    ``cycle``: keep only forward-backward consistent matches (default :data:`CYCLE`)."""
+
+    def __init__(self, segmenter: Segmenter, cycle: bool | None = None) -> None:
         self.seg = segmenter
+        self.cycle = CYCLE if cycle is None else bool(cycle)
         self.ref = None
         self.reference: Reference | None = None
 
@@ -108,7 +114,7 @@ class FeatureMatcher:
         if image is not None:
             self.seg.set_image(image)
         f = self.seg.features()
-        return match_patches(*self.ref, f.grid, f.valid, f.patch_size, self.seg.original_size)
+        return match_patches(*self.ref, f.grid, f.valid, f.patch_size, self.seg.original_size, cycle=self.cycle)
 
 
 def kmeans_thin(points: np.ndarray, labels: np.ndarray, k: int = 10, seed: int = 0) -> np.ndarray:

@@ -27,7 +27,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -65,10 +65,16 @@ class EvalConfig:
     greedy_max_removals: int = 15
     # start sets from cycle-consistent matches (ppd.oneshot.match_patches); every fm-* method and
     # the defender's start set follow it
-    cycle: bool = False
+    cycle: bool = field(default_factory=lambda: _cycle_default())
     # part of every cache key: bump it when a method's definition changes (the defender's
     # weights and inference settings are in the keys of the rows that use it)
     version: int = 1
+
+
+def _cycle_default() -> bool:
+    from ppd.oneshot import CYCLE
+
+    return CYCLE
 
 
 def config_key(cfg: EvalConfig) -> dict:

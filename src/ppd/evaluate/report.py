@@ -105,6 +105,7 @@ def _overlays(results: Path, datasets: dict[str, dict], per: int = 2) -> list[tu
     made = []
     for ds, info in datasets.items():
         run = info["run"]
+        fm.cycle = bool(run["config"].get("cycle", False))  # the start sets the run was scored on
         root = Path(run["data_root"])
         samples = {s.id: s for s in data.load_dataset(root, dataset=ds, split=run["split"])}
         ref = samples[run["references"][0]]
