@@ -35,7 +35,7 @@ def trajectories(args) -> list[dict]:
     seg = Segmenter()
     samples = [s for s in data.load_dataset(args.data, split=args.split) if s.dataset == args.dataset]
     refs, targets = select(samples, args.references, None, args.limit, args.seed)
-    d = Defender(load_agent(args.defender, "defender"), segmenter=seg, q_threshold=-np.inf,
+    d = Defender(load_agent(args.defender, "defender"), segmenter=seg, q_threshold=-np.inf, select="last",
                  max_removals=args.budget)
     ref_feats = {}
     for r in refs:

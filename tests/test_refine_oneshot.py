@@ -206,11 +206,14 @@ def test_reference_selection_through_the_model(segmenter, manifest):
 def test_defender_settings_travel_with_the_agent(tmp_path, segmenter, capsys):
     """DefenderConfig: read from the agent's JSON (extra.inference, graph from its training config),
     overridable per call and from the CLI; the eval cache key follows the settings."""
+    from ppd.agents import shipped_agent_path
     from ppd.evaluate.harness import agent_sha
     from ppd.refine import DefenderConfig, parse_overrides
 
     agent = load_agent(None, "defender")
-    assert Defender(agent, segmenter=segmenter).config == DefenderConfig()
+    shipped = json.loads(shipped_agent_path("defender").with_suffix(".json").read_text())["extra"]["inference"]
+    assert Defender(agent, segmenter=segmenter).config == DefenderConfig(**shipped)  # the shipped settings
+    assert Defender(load_agent("untrained", "defender"), segmenter=segmenter).config == DefenderConfig()
     agent.meta = {**agent.meta, "inference": {"max_removals": 7, "select": "reference"}}
     agent.save(tmp_path / "d", extra=agent.meta)
     d = Defender(tmp_path / "d", segmenter=segmenter, q_threshold=0.1)

@@ -575,8 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--fm-fraction", type=float, help="share of defender episodes from one-shot sets (default 0.75)")
     t.add_argument("--fm-refs", dest="fm_refs_per_image", type=int,
                    help="references per train image for the one-shot sets (default 4)")
-    t.add_argument("--fm-cycle", action="store_true", default=None,
-                   help="one-shot start sets from cycle-consistent matches (forward-backward agreement)")
+    t.add_argument("--fm-cycle", action=argparse.BooleanOptionalAction, default=None,
+                   help="one-shot start sets from cycle-consistent matches (forward-backward agreement; default on)")
     t.add_argument("--ref-prob", type=float, help="share of episodes that see a one-shot reference (default 0.8)")
     t.add_argument("--arch", choices=["deepsets", "mp"], help="Q-network of both agents (default deepsets)")
     t.add_argument("--datasets", metavar="NAME:W,...",

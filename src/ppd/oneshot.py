@@ -83,7 +83,7 @@ def match_patches(ref_grid: np.ndarray, ref_valid: np.ndarray, ref_frac: np.ndar
 
 
 #: Whether one-shot start sets come from cycle-consistent matches by default (``match_patches``).
-CYCLE = False
+CYCLE = True
 
 
 class FeatureMatcher:

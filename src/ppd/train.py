@@ -71,7 +71,7 @@ class TrainConfig:
     fm_fraction: float = 0.75
     fm_refs_per_image: int = 4
     fm_k: int = 10
-    fm_cycle: bool = False  # one-shot start sets from cycle-consistent matches (ppd.oneshot.match_patches)
+    fm_cycle: bool = True  # one-shot start sets from cycle-consistent matches (ppd.oneshot.match_patches)
     # Fine-tuning: start both agents from "shipped" or a run folder's attacker.* / defender.*
     # (their networks; optimisers and replay buffers start fresh). None = from scratch.
     init: str | None = None
