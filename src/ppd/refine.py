@@ -13,6 +13,11 @@ SAM after each removal, and stops when
   all-nuclei targets from 56.7 to 64.8; docs/TRAINING.md), or
 * only ``min_keep_per_class`` positives (and negatives, if any were given) remain.
 
+Then ``DefenderConfig.select`` picks which visited state to keep: where the stop rule
+ended (``last``), or the state with SAM's highest predicted IoU (``iou``, the shipped
+ship7's setting, chosen on val) or best agreement with the reference (``reference``).
+The settings are the agent's own (its JSON), overridable per call.
+
 No ground truth is used. The result lists the kept and the suppressed prompts,
 the order of removal with the Q-value of each removal, and SAM's final mask.
 """
