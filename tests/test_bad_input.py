@@ -288,6 +288,9 @@ def test_oversized_prompt_set_refused_before_torch(tmp_path, manifest):
     (["eval", "--methods", "fm", "--dataset", "ecssd", "--split", "val", "-k", "0", "--out", "o"],
      "-k must be at least 1, got 0"),
     (["segment", "/", "--point", "1,1", "--out", "o.png"], "is a directory, not a file"),
+    (["eval", "--methods", "fm-ppd", "--dataset", "ecssd", "--split", "val", "-k", "33", "--out", "o"],
+     "use -k 32 or less"),
+    (["demo", "-k", "33", "--out", "o"], "use -k 32 or less"),
 ])
 def test_eval_and_messages(tmp_path, monkeypatch, capsys, argv, needle):
     monkeypatch.chdir(tmp_path)

@@ -109,7 +109,7 @@ def _demo_oneshot(args) -> int:
     from ppd.oneshot import FeatureMatcher, kmeans_thin
     from ppd.refine import Defender, load_agent
 
-    check_k(args.k)
+    check_k(args.k, _defender_rows(args.defender))
     out = OutputDir(args.out).ensure()
     root = resources.files("ppd") / "assets" / "oneshot"
 

@@ -593,6 +593,13 @@ def run(data_root=None, dataset: str | None = None, split: str = "eval", methods
     for flag, v in (("--references", references), ("--limit", limit), ("-k", cfg.k)):
         if v is not None and v < 1:
             raise ConfigError(f"{flag} must be at least 1, got {v}")
+    if any(METHODS[m][1] and METHODS[m][0] for m in methods):  # fm-ppd / fm-random refine k-means sets
+        from ppd.refine import load_agent
+
+        rows = load_agent(defender, "defender").rows
+        if 2 * cfg.k > rows:
+            raise ConfigError(f"-k {cfg.k} can give up to {2 * cfg.k} prompts, but the defender refines at most "
+                              f"{rows}: use -k {rows // 2} or less")
     samples = data.load_dataset(data_root, split=split)
     names = sorted({s.dataset for s in samples})
     if dataset is None:
