@@ -275,6 +275,9 @@ def test_oversized_prompt_set_refused_before_torch(tmp_path, manifest):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     assert "10000 prompts: the defender refines at most 64" in r.stderr and "-k 32" in r.stderr
     assert not (tmp_path / "o").exists()
+    # the CLI's parser and the light checks never import torch (what keeps the refusal under a second)
+    probe = "import sys, ppd.cli; ppd.cli.build_parser(); sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe]).returncode == 0
     from ppd.prompts import check_prompt_count
 
     check_prompt_count(64, 64)

@@ -19,6 +19,7 @@ import numpy as np
 
 from ppd.errors import ConfigError, InvalidMaskError, InvalidPromptError, OutputError, PPDError
 from ppd.io import OutputDir
+from ppd.prompts import check_k
 
 
 def _parse_point(text: str) -> tuple[float, float, int]:
@@ -222,15 +223,6 @@ def read_prompts_json(path: str) -> tuple[np.ndarray, np.ndarray]:
         raise InvalidPromptError(f"prompts JSON {path}: {e}") from None
 
 
-def check_k(k: int, rows: int | None = None) -> None:
-    """``-k``: at least 1, and (with a defender of ``rows`` rows) at most rows // 2 (k per class)."""
-    if k < 1:
-        raise ConfigError(f"-k must be at least 1, got {k}")
-    if rows is not None and 2 * k > rows:
-        raise ConfigError(f"-k {k} can give up to {2 * k} prompts, but the defender refines at most {rows}: "
-                          f"use -k {rows // 2} or less, or --no-defender")
-
-
 def _write_refined(out: Path, stem: str, image: np.ndarray, res) -> None:
     from ppd.io import atomic_write
     from ppd.viz import overlay
@@ -326,12 +318,12 @@ def cmd_oneshot(args) -> int:
     from ppd.oneshot import FeatureMatcher, kmeans_thin
     from ppd.refine import Defender, RefineResult, load_agent
 
-    check_k(args.k, None if args.no_defender else _defender_rows(args.defender))
+    check_k(args.k, None if args.no_defender else _defender_rows(args.defender), ", or --no-defender")
     opts = _defender_opts(args)
     out = OutputDir(args.out)
     agent = None if args.no_defender else load_agent(args.defender, "defender")
     if agent is not None:
-        check_k(args.k, agent.rows)
+        check_k(args.k, agent.rows, ", or --no-defender")
     ref = read_image(args.ref)
     ref_mask = read_mask(args.ref_mask, shape=ref.shape[:2], threshold=args.mask_threshold)
     targets = [(t, read_image(t)) for t in args.target]  # all readable before any work

@@ -110,7 +110,7 @@ def load_dataset(root: str | os.PathLike | None = None, dataset: str | None = No
 def check_training_pairs(samples: list[Sample]) -> None:
     """Every image readable with a mask of its size and some foreground (a DataError naming the file
     otherwise): checked before minutes of embedding are spent."""
-    from ppd.io import read_mask, stored_size
+    from ppd.io import stored_size
 
     for s in samples:
         try:

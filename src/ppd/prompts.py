@@ -43,6 +43,18 @@ def check_prompt_count(n: int, rows: int) -> None:
                                  f"(e.g. ppd.oneshot.kmeans_thin, or `ppd oneshot -k {rows // 2}` or less)")
 
 
+def check_k(k: int, rows: int | None = None, hint: str = "") -> None:
+    """``-k`` (prompts kept per class by k-means): at least 1, and with a defender of ``rows`` rows at
+    most rows // 2, since k positives and k negatives must fit (:func:`check_prompt_count`)."""
+    from ppd.errors import ConfigError
+
+    if k < 1:
+        raise ConfigError(f"-k must be at least 1, got {k}")
+    if rows is not None and 2 * k > rows:
+        raise ConfigError(f"-k {k} can give up to {2 * k} prompts, but the defender refines at most {rows}: "
+                          f"use -k {rows // 2} or less{hint}")
+
+
 @dataclass
 class PromptSet:
     points: np.ndarray  # (P, 2) float32 x, y in original pixels

@@ -203,12 +203,12 @@ def check_pair_sizes(s: Sample) -> None:
 class Harness:
     """Runs methods on (target, reference) pairs with one segmenter, caching every row."""
 
-    def __init__(self, segmenter, methods: list[str], cfg: EvalConfig = EvalConfig(), defender=None,
+    def __init__(self, segmenter, methods: list[str], cfg: EvalConfig | None = None, defender=None,
                  attacker=None, cache: ResultCache | None = None, defender_opts: dict | None = None) -> None:
         check_methods(methods)
         self.seg = segmenter
         self.methods = list(methods)
-        self.cfg = cfg
+        self.cfg = cfg = cfg or EvalConfig()
         self.defender_spec, self.attacker_spec = defender, attacker
         self.defender_opts = dict(defender_opts or {})
         self.cache = cache or ResultCache(None)
@@ -571,7 +571,7 @@ def read_base(base: str | os.PathLike, dataset: str, split: str, refs: list[str]
 
 def run(data_root=None, dataset: str | None = None, split: str = "eval", methods: list[str] | None = None,
         references: int = 5, reference_id: str | None = None, limit: int | None = None,
-        out_dir: str | os.PathLike | None = None, cfg: EvalConfig = EvalConfig(), defender=None, attacker=None,
+        out_dir: str | os.PathLike | None = None, cfg: EvalConfig | None = None, defender=None, attacker=None,
         segmenter=None, cache_path: str | os.PathLike | None = None, progress: bool = True,
         argv: list[str] | None = None, base: str | os.PathLike | None = None,
         defender_opts: dict | None = None) -> tuple[list[Row], list[Summary]]:
@@ -588,18 +588,17 @@ def run(data_root=None, dataset: str | None = None, split: str = "eval", methods
     from ppd.sam import Segmenter
     from ppd.sam.cache import default_cache_dir
 
+    cfg = cfg or EvalConfig()  # built here, not as a default argument: its default imports the pipeline
     methods = list(METHODS) if methods is None else list(methods)
     check_methods(methods)
     for flag, v in (("--references", references), ("--limit", limit), ("-k", cfg.k)):
         if v is not None and v < 1:
             raise ConfigError(f"{flag} must be at least 1, got {v}")
     if any(METHODS[m][1] and METHODS[m][0] for m in methods):  # fm-ppd / fm-random refine k-means sets
+        from ppd.prompts import check_k
         from ppd.refine import load_agent
 
-        rows = load_agent(defender, "defender").rows
-        if 2 * cfg.k > rows:
-            raise ConfigError(f"-k {cfg.k} can give up to {2 * cfg.k} prompts, but the defender refines at most "
-                              f"{rows}: use -k {rows // 2} or less")
+        check_k(cfg.k, load_agent(defender, "defender").rows)
     samples = data.load_dataset(data_root, split=split)
     names = sorted({s.dataset for s in samples})
     if dataset is None:
