@@ -11,8 +11,8 @@ import sys
 import time
 
 import numpy as np
-import torch.nn.functional as F
 import torch
+import torch.nn.functional as F
 
 from ppd import data
 from ppd.graph import build_graph

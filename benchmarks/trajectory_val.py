@@ -24,9 +24,8 @@ import numpy as np
 
 from ppd import data
 from ppd.evaluate.harness import select
-from ppd.graph import Reference
 from ppd.metrics import dice
-from ppd.oneshot import kmeans_thin, match_patches, patch_fractions
+from ppd.oneshot import OneShotReference, propose
 from ppd.refine import Defender, load_agent
 from ppd.sam import Segmenter
 
@@ -37,33 +36,24 @@ def trajectories(args) -> list[dict]:
     refs, targets = select(samples, args.references, None, args.limit, args.seed)
     d = Defender(load_agent(args.defender, "defender"), segmenter=seg, q_threshold=-np.inf, select="last",
                  max_removals=args.budget)
-    ref_feats = {}
-    for r in refs:
-        seg.set_image(r.image())
-        f = seg.features()
-        ref_feats[r.id] = (f.grid, f.valid, patch_fractions(r.mask(), seg.input_size),
-                           Reference.from_features(f.grid, f.valid, f.patch_size, seg.original_size, r.mask()))
+    ref_frames = {r.id: OneShotReference.make(seg.frame(r.image()), r.mask()) for r in refs}
     out = []
     t0 = time.perf_counter()
     for n, t in enumerate(targets):
         image, gt = t.image(), t.mask()
-        d.set_image(image)
-        f = seg.features()
+        frame = seg.frame(image)
         for r in refs:
-            rg, rv, rf, reference = ref_feats[r.id]
-            cand = match_patches(rg, rv, rf, f.grid, f.valid, f.patch_size, seg.original_size, cycle=args.cycle)
-            idx = kmeans_thin(cand.points, cand.labels, args.k, seed=args.seed)
-            pts, labs = cand.points[idx], cand.labels[idx]
+            prop = propose(ref_frames[r.id], frame, args.k, args.cycle, seed=args.seed)
+            pts, labs = prop.points, prop.labels
             if len(pts) == 0:
                 out.append({"ref": r.id, "target": t.id, "dice": [0.0], "q": [], "trace": [[0.0, np.nan, np.nan]]})
                 continue
-            d.set_reference(reference)
-            res = d.refine(pts, labs)
+            res = d.refine_frame(frame, pts, labs, reference=ref_frames[r.id].graph_reference())
             kept = np.ones(len(pts), bool)
-            dices = [dice(seg.predict(pts, labs).mask, gt)]
+            dices = [dice(seg.decode(frame, pts, labs).mask, gt)]
             for i in res.order:
                 kept[i] = False
-                dices.append(dice(seg.predict(pts[kept], labs[kept]).mask, gt))
+                dices.append(dice(seg.decode(frame, pts[kept], labs[kept]).mask, gt))
             out.append({"ref": r.id, "target": t.id, "dice": dices, "q": res.q_values, "trace": res.trace})
         print(f"{n + 1}/{len(targets)} targets, {time.perf_counter() - t0:.0f} s", flush=True)
     return out

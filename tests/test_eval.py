@@ -105,14 +105,15 @@ def test_harness_metrics_equal_a_direct_computation_and_rerun_uses_cache(segment
     fm.set_reference(refs[0].image(), refs[0].mask())
     for t in targets:
         gt = t.mask()
-        cand = fm.match(t.image())
+        frame = segmenter.frame(t.image())
+        cand = fm.match(frame)
         idx = kmeans_thin(cand.points, cand.labels, 10, seed=0)
-        m = segmenter.predict(cand.points[idx], cand.labels[idx]).mask
+        m = segmenter.decode(frame, cand.points[idx], cand.labels[idx]).mask
         row = next(r for r in rows if r.target == t.id and r.method == "fm-kmeans")
         assert row.dice == pytest.approx(dice(m, gt), abs=1e-9) and row.iou == pytest.approx(iou(m, gt), abs=1e-9)
         assert row.reference == refs[0].id and row.n_prompts == len(idx)
         box = baselines.mask_box(gt)
-        mb = segmenter.predict(box=box).mask
+        mb = segmenter.decode(frame, box=box).mask
         row = next(r for r in rows if r.target == t.id and r.method == "oracle-box")
         assert row.dice == pytest.approx(dice(mb, gt), abs=1e-9)
     # second run: every row from the cache file, no SAM decode at all

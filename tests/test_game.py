@@ -25,11 +25,11 @@ def _objects(arena, n_per_image=2):
 
 
 def test_objects_per_dataset(arena):
-    for i, im in enumerate(arena.bank.images):
+    for i, sample in enumerate(arena.bank.samples):
         objs = arena.bank.objects(i)
-        ds = im.sample.dataset
+        ds = sample.dataset
         if ds == "ecssd":
-            assert len(objs) == 1 and np.array_equal(objs.mask(0), im.sample.mask())
+            assert len(objs) == 1 and np.array_equal(objs.mask(0), sample.mask())
         else:
             assert len(objs) > 3
             sizes = [objs.mask(k).sum() for k in range(len(objs))]
@@ -44,7 +44,7 @@ def test_ideal_prompts_give_high_dice(arena):
     env = PromptGame(arena, "attacker", seed=0)
     for i, k in _objects(arena):
         _, info = env.reset(options={"image": i, "object": k})
-        per_ds.setdefault(arena.bank.images[i].sample.dataset, []).append(info["dice"])
+        per_ds.setdefault(arena.bank.samples[i].dataset, []).append(info["dice"])
     print({d: round(float(np.mean(v)), 3) for d, v in per_ds.items()})
     # measured on val (docs/GAME.md): ecssd ~0.86, dsb2018 ~0.82, isbi2012 ~0.68; attacked
     # sets fall to ~0.1-0.3, so 0.6 separates "ideal" from "attacked" on every dataset

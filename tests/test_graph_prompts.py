@@ -106,6 +106,3 @@ def test_graph_on_real_embedding(segmenter, manifest):
     fd, pd = g.distances(np.arange(10), np.arange(10))
     assert np.allclose(fd, fd.T, atol=1e-6) and np.allclose(np.diag(fd), 0, atol=1e-3)
     assert (fd >= 0).all() and (fd <= 1).all() and (pd >= 0).all() and (pd <= 1).all()
-    # physical kNN are really the nearest cells
-    d = np.hypot(*(g.centers - g.centers[0]).T)
-    assert np.isclose(np.sort(d)[1:9].max(), d[g.knn_phys[0]].max())

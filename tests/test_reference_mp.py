@@ -141,9 +141,9 @@ def test_defender_reference_keeps_the_target_current(segmenter, manifest):
     ref, tgt = pick(manifest, "ecssd", "val", 5)[3:5]
     d = Defender(segmenter=segmenter)
     d.set_image(tgt.image())
-    sha = segmenter.image_sha256
+    sha = d.frame.image_sha256
     d.set_reference(ref.image(), ref.mask())
-    assert segmenter.image_sha256 == sha and isinstance(d.reference, Reference)
+    assert d.frame.image_sha256 == sha and isinstance(d.reference, Reference)
     fm = FeatureMatcher(segmenter)
     fm.set_reference(ref.image(), ref.mask())
     assert np.allclose(fm.reference.frac, d.reference.frac)

@@ -200,7 +200,7 @@ def test_reference_selection_through_the_model(segmenter, manifest):
     kept = np.ones(len(pts), bool)
     kept[walk.order[:step]] = False
     assert np.array_equal(chosen.kept, kept) and chosen.iou == walk.trace[step][0]
-    assert np.array_equal(chosen.mask, segmenter.predict(pts[kept], labs[kept]).mask)
+    assert np.array_equal(chosen.mask, segmenter.decode(pick_.frame, pts[kept], labs[kept]).mask)
 
 
 def test_defender_settings_travel_with_the_agent(tmp_path, segmenter, capsys):
@@ -267,3 +267,42 @@ def test_cycle_consistent_matching(segmenter, manifest):
     got = fm.match(tgt.image())
     assert np.array_equal(got.points, cyc.points) and np.array_equal(got.labels, cyc.labels)
     assert "cycle" not in config_key(EvalConfig(cycle=False)) and config_key(EvalConfig(cycle=True))["cycle"]
+
+
+def test_one_pipeline_equals_its_steps(segmenter, manifest):
+    """OneShot.run = feature matching -> k-means -> Defender.refine_frame with the reference, on frames,
+    and it leaves the segmenter's current image and the defender's own image alone."""
+    from ppd.oneshot import OneShot, OneShotReference, propose
+
+    ref, tgt, other = pick(manifest, "ecssd", "val", 8)[5:8]
+    d = Defender(segmenter=segmenter)
+    d.set_image(other.image())
+    segmenter.set_image(other.image())
+    before = (segmenter.current, d.frame)
+    pipe = OneShot(segmenter, d, k=6, seed=2)
+    pipe.set_reference(ref.image(), ref.mask())
+    out = pipe.run(tgt.image())
+    assert (segmenter.current, d.frame) == before
+    frame = segmenter.frame(tgt.image())
+    one_ref = OneShotReference.make(segmenter.frame(ref.image()), ref.mask())
+    prop = propose(one_ref, frame, k=6, seed=2)
+    cand = FeatureMatcher(segmenter)
+    cand.set_reference(ref.image(), ref.mask())
+    assert np.array_equal(cand.match(frame).points, prop.candidates.points)
+    idx = kmeans_thin(prop.candidates.points, prop.candidates.labels, 6, seed=2)
+    assert np.array_equal(idx, out.proposal.index) and np.array_equal(prop.index, idx)
+    res = d.refine_frame(frame, prop.points, prop.labels, reference=d.reference_of(ref.image(), ref.mask()))
+    assert np.array_equal(res.kept, out.refined.kept) and np.array_equal(res.mask, out.mask)
+    plain = OneShot(segmenter, None, k=6, seed=2)
+    plain.set_reference(one_ref.frame, ref.mask())
+    no_d = plain.run(frame)
+    assert no_d.refined.kept.all() and np.array_equal(no_d.mask, segmenter.decode(frame, prop.points, prop.labels).mask)
+
+
+def test_inference_does_not_import_gymnasium():
+    import subprocess
+    import sys
+
+    code = "import sys, ppd.refine, ppd.oneshot; print('gymnasium' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr

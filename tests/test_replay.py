@@ -82,7 +82,7 @@ def test_checkpoint_arrays_round_trip(arena):
     back = ReplayBuffer(60, env.rows, int(env.action_space.n))
     with pytest.raises(ValueError, match="graph features"):
         back.load_arrays(buf.state_arrays(), {})
-    back.load_arrays(buf.state_arrays(), {i: im.graph.feats for i, im in enumerate(arena.bank.images)})
+    back.load_arrays(buf.state_arrays(), {i: g.feats for i, g in enumerate(arena.bank.graphs)})
     a, b = buf.sample(32, np.random.default_rng(8)), back.sample(32, np.random.default_rng(8))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ValueError, match="stored"):

@@ -211,3 +211,26 @@ def test_bad_images_and_prompts(segmenter, manifest):
     # the last point on the image is valid, and a box alone works
     assert segmenter.predict([[w - 1, h - 1]], [1]).mask.shape == (h, w)
     assert segmenter.predict(box=[0, 0, w / 2, h / 2]).mask.any()
+
+
+def test_frames_are_values_decoded_in_any_order(segmenter, manifest):
+    """Two frames decoded interleaved give exactly what the set_image facade gives for each, and
+    decoding a frame never changes the facade's current image."""
+    a, b = pick(manifest, "ecssd", "val", 2)
+    fa, fb = segmenter.frame(a.image()), segmenter.frame(b.image())
+    pa, pb = interior_point(a.mask()), interior_point(b.mask())
+    segmenter.set_image(b.image())
+    current = segmenter.current
+    got = [segmenter.decode(fa, [pa], [1]), segmenter.decode(fb, [pb], [1]),
+           segmenter.decode(fa, [pa], [1], lowres=True), segmenter.decode(fb, [pb], [1], lowres=True)]
+    assert segmenter.current is current
+    want_b = segmenter.predict([pb], [1])
+    want_b_low = segmenter.predict_lowres([pb], [1])
+    segmenter.set_image(a.image())
+    want_a, want_a_low = segmenter.predict([pa], [1]), segmenter.predict_lowres([pa], [1])
+    assert np.array_equal(got[0].mask, want_a.mask) and got[0].iou == want_a.iou
+    assert np.array_equal(got[1].mask, want_b.mask) and got[1].iou == want_b.iou
+    assert torch.equal(got[2].logits, want_a_low.logits) and torch.equal(got[3].logits, want_b_low.logits)
+    assert fa.original_size == a.mask().shape and fa.image_sha256 != fb.image_sha256
+    fa.drop_context()  # prepared again on the next decode, same answer
+    assert torch.equal(segmenter.decode(fa, [pa], [1], lowres=True).logits, want_a_low.logits)

@@ -107,7 +107,7 @@ def _demo_oneshot(args) -> int:
     """The main job: one-shot FM -> k-means -> shipped defender -> SAM on the shipped groups."""
     from ppd.io import read_image, read_mask
     from ppd.metrics import dice
-    from ppd.oneshot import FeatureMatcher, kmeans_thin
+    from ppd.oneshot import OneShot
     from ppd.refine import Defender, load_agent
 
     check_k(args.k, _defender_rows(args.defender))
@@ -119,28 +119,25 @@ def _demo_oneshot(args) -> int:
             return read_mask(p) if mask else read_image(p)
 
     seg = _segmenter(args)
-    fm = FeatureMatcher(seg, cycle=args.cycle)
-    dfd = Defender(load_agent(args.defender, "defender"), segmenter=seg, **_defender_opts(args))
+    pipe = OneShot(seg, Defender(load_agent(args.defender, "defender"), segmenter=seg, **_defender_opts(args)),
+                   k=args.k, cycle=args.cycle)
     print(f"{'target':10s} {'FM':>5s} {'k-means':>7s} {'kept':>4s} {'Dice FM-kmeans':>14s} {'Dice FM-PPD':>11s} "
           f"{'time':>6s}  overlay")
     for g in json.loads((root / "groups.json").read_text()):
         print(f"-- {g['name']}: reference {g['ref']} (masks: {g['masks']})")
-        fm.set_reference(load(g["ref"]), load(g["ref_mask"], mask=True))
-        dfd.set_reference(fm.reference)
+        pipe.set_reference(load(g["ref"]), load(g["ref_mask"], mask=True))
         for tname, mname in zip(g["targets"], g["target_masks"], strict=True):
             image, gt = load(tname), load(mname, mask=True)
             t0 = time.perf_counter()
-            cand = fm.match(image)
-            idx = kmeans_thin(cand.points, cand.labels, args.k, seed=0)
-            pts, labs = cand.points[idx], cand.labels[idx]
-            dfd.set_image(image)
-            res = dfd.refine(pts, labs)
+            frame = seg.frame(image)
+            out1 = pipe.run(frame)
             dt = time.perf_counter() - t0
-            base = seg.predict(pts, labs).mask
+            res, prop = out1.refined, out1.proposal
+            base = seg.decode(frame, prop.points, prop.labels).mask
             stem = Path(tname).stem
             _write_refined(out, stem, image, res)
-            print(f"{stem:10s} {len(cand):>5d} {len(pts):>7d} {int(res.kept.sum()):>4d} {dice(base, gt):>14.3f} "
-                  f"{dice(res.mask, gt):>11.3f} {dt:>5.2f}s  {out / (stem + '.overlay.png')}")
+            print(f"{stem:10s} {len(prop.candidates):>5d} {len(prop.index):>7d} {int(res.kept.sum()):>4d} "
+                  f"{dice(base, gt):>14.3f} {dice(res.mask, gt):>11.3f} {dt:>5.2f}s  {out / (stem + '.overlay.png')}")
     print(f"wrote masks, overlays and prompt JSONs to {out}/ (green: kept positives, red: kept negatives, "
           f"yellow crosses: prompts the defender suppressed)")
     return 0
@@ -315,8 +312,8 @@ def cmd_oneshot(args) -> int:
     from tqdm.auto import tqdm
 
     from ppd.io import read_image, read_mask
-    from ppd.oneshot import FeatureMatcher, kmeans_thin
-    from ppd.refine import Defender, RefineResult, load_agent
+    from ppd.oneshot import OneShot
+    from ppd.refine import Defender, load_agent
 
     check_k(args.k, None if args.no_defender else _defender_rows(args.defender), ", or --no-defender")
     opts = _defender_opts(args)
@@ -333,30 +330,21 @@ def cmd_oneshot(args) -> int:
             _say(f"{t}: shares its file name with another target; its outputs are named {stem}.*")
     _say("loading SAM ...")
     seg = _segmenter(args)
-    fm = FeatureMatcher(seg, cycle=args.cycle)
+    pipe = OneShot(seg, None if agent is None else Defender(agent, segmenter=seg, **opts), k=args.k,
+                   cycle=args.cycle, seed=args.seed)
     _say("embedding the reference ...")
-    fm.set_reference(ref, ref_mask)
-    dfd = None if agent is None else Defender(agent, segmenter=seg, **opts)
-    if dfd is not None:
-        dfd.set_reference(fm.reference)
+    pipe.set_reference(ref, ref_mask)
     bar = tqdm(list(zip(targets, stems, strict=True)), desc="targets", disable=len(targets) < 2)
     with out:
         for (path, image), stem in bar:
-            cand = fm.match(image)
-            if len(cand) == 0:
+            frame = seg.frame(image)
+            prop = pipe.propose(frame)
+            if len(prop.candidates) == 0:
                 raise InvalidPromptError(f"feature matching found no prompt on {path}")
-            idx = kmeans_thin(cand.points, cand.labels, args.k, seed=args.seed)
-            pts, labs = cand.points[idx], cand.labels[idx]
-            if dfd is None:
-                res = RefineResult(points=pts, labels=labs, kept=np.ones(len(pts), bool), stop_reason="no defender")
-                pred = seg.predict(pts, labs)
-                res.mask, res.iou = pred.mask, pred.iou
-            else:
-                dfd.set_image(image)
-                res = dfd.refine(pts, labs)
+            res = pipe.run(frame, prop).refined
             _write_refined(out.ensure(), stem, image, res)
-            tqdm.write(f"{stem}: {len(cand)} FM candidates -> {len(pts)} after k-means -> {int(res.kept.sum())} "
-                       f"kept; SAM IoU {res.iou:.3f}")
+            tqdm.write(f"{stem}: {len(prop.candidates)} FM candidates -> {len(prop.index)} after k-means -> "
+                       f"{int(res.kept.sum())} kept; SAM IoU {res.iou:.3f}")
     return 0
 
 

@@ -20,16 +20,18 @@ import numpy as np
 from ppd.errors import DataError, PPDError
 from ppd.io import file_sha256, read_image, read_mask
 
-#: Where the project's shared data sit, relative to the repository root.
-DEFAULT_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+#: Where the project's shared data sit, relative to the working directory (the repository root):
+#: resolved when used, never from where the package happens to be installed.
+DEFAULT_ROOT = Path("..") / "shared" / "data"
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 REQUIRED = ("dataset", "id", "image", "mask")
 
 
 def default_root() -> Path:
-    """``$PPD_DATA`` if set, else ``../shared/data`` beside the repository."""
+    """``$PPD_DATA`` if set, else ``../shared/data`` from the working directory (as the README's commands
+    run it: from the repository root), as an absolute path."""
     env = os.environ.get("PPD_DATA")
-    return Path(env) if env else DEFAULT_ROOT
+    return Path(env) if env else DEFAULT_ROOT.resolve()
 
 
 @dataclass(frozen=True)

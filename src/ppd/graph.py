@@ -8,7 +8,7 @@ in original-image pixels. Two normalised distances relate nodes:
 * feature distance ``||f_i - f_j|| / 2`` in [0, 1] (unit vectors),
 * physical distance ``||c_i - c_j|| / diagonal`` in [0, 1],
 
-and a neighbour structure (k nearest nodes in each space) serves message passing.
+and a neighbour structure (the k nearest nodes in feature space) serves the observation.
 Full N x N matrices are never kept: :meth:`DualGraph.distances` computes the
 block between two node subsets on demand (the game only ever needs prompt x
 prompt or prompt x region blocks), and the k-NN lists are built in row chunks.
@@ -32,7 +32,6 @@ class DualGraph:
     patch_px: float  # side of one graph cell in original pixels
     image_size: tuple[int, int]  # (H, W) original
     knn_feat: np.ndarray  # (N, k) int32 nearest nodes in feature space (self excluded)
-    knn_phys: np.ndarray  # (N, k) int32 nearest nodes in physical space (self excluded)
     index: np.ndarray  # (grid, grid) int32 node id of each cell, -1 for padding
 
     @property
@@ -104,10 +103,35 @@ def build_graph(grid_feats: np.ndarray, valid: np.ndarray, patch_size: float, im
     index = np.full((grid, grid), -1, np.int32)
     index[rows, cols] = np.arange(len(rows), dtype=np.int32)
     knn_f = _knn(feats, k, lambda a, b: 2.0 - 2.0 * (a @ b.T))
-    knn_p = _knn(centers, k, lambda a, b: ((a[:, None] - b[None]) ** 2).sum(-1))
     return DualGraph(feats=feats, centers=centers, cell=np.stack([rows, cols], 1).astype(np.int32),
                      grid=grid, patch_px=float(cell_px), image_size=(int(h), int(w)),
-                     knn_feat=knn_f, knn_phys=knn_p, index=index)
+                     knn_feat=knn_f, index=index)
+
+
+def graph_of(frame, grid: int = 32, k: int = 8) -> DualGraph:
+    """The dual graph of a :class:`ppd.sam.Frame`, built once per (grid, k) and kept in the frame's memo."""
+    key = ("graph", grid, k)
+    g = frame.memo.get(key)
+    if g is None:
+        f = frame.features()
+        g = frame.memo[key] = build_graph(f.grid, f.valid, f.patch_size, frame.original_size, grid=grid, k=k)
+    return g
+
+
+def decode_summary(logits, mask: np.ndarray, graph: DualGraph, scale: np.ndarray,
+                   points: list[tuple[float, float]]) -> tuple[np.ndarray, dict]:
+    """What observations read from a decode: the mask share of each graph node (0..255)
+    and the low-res logit at each point (-20 where there was no decode: empty mask)."""
+    f = 256 // graph.grid
+    frac = mask.reshape(graph.grid, f, graph.grid, f).mean((1, 3))[graph.cell[:, 0], graph.cell[:, 1]]
+    node_frac = np.round(frac * 255).astype(np.uint8)
+    logit_at = {}
+    for (x, y) in points:
+        if logits is None:
+            logit_at[(x, y)] = -20.0
+        else:
+            logit_at[(x, y)] = float(logits[min(int(y * scale[1]), 255), min(int(x * scale[0]), 255)])
+    return node_frac, logit_at
 
 
 def mask_fractions(graph: DualGraph, mask: np.ndarray) -> np.ndarray:
@@ -163,6 +187,11 @@ class Reference:
     @classmethod
     def from_mask(cls, graph: DualGraph, mask: np.ndarray) -> Reference:
         return cls(graph.feats, mask_fractions(graph, mask))
+
+    @classmethod
+    def from_frame(cls, frame, mask: np.ndarray, grid: int = 32) -> Reference:
+        """From a reference :class:`ppd.sam.Frame` and its mask (the graph is built without k-NN lists)."""
+        return cls.from_mask(graph_of(frame, grid, 0), np.asarray(mask, bool))
 
     @classmethod
     def from_features(cls, grid_feats: np.ndarray, valid: np.ndarray, patch_size: float,

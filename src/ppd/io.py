@@ -242,10 +242,10 @@ def check_box(box, size: tuple[int, int]) -> np.ndarray:
     return b
 
 
-def check_reference_mask(mask, image: np.ndarray, what: str = "reference mask") -> np.ndarray:
-    """Validate an in-memory mask for ``image``: a non-empty 2-D numpy array of its size; returned as bool.
-    Anything else (a list, another size, no foreground) is an :class:`InvalidMaskError`."""
-    h, w = image.shape[:2]
+def check_reference_mask(mask, image: np.ndarray | tuple[int, int], what: str = "reference mask") -> np.ndarray:
+    """Validate an in-memory mask for ``image`` (or its (H, W)): a non-empty 2-D numpy array of its size;
+    returned as bool. Anything else (a list, another size, no foreground) is an :class:`InvalidMaskError`."""
+    h, w = image if isinstance(image, tuple) else image.shape[:2]
     if not isinstance(mask, np.ndarray):
         raise InvalidMaskError(f"{what} must be a numpy array of shape ({h}, {w}), got {type(mask).__name__}")
     if mask.shape != (h, w):

@@ -15,17 +15,20 @@ candidates' coordinates, and the candidate nearest each centroid.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ppd.errors import ConfigError
+from ppd.errors import ConfigError, ImageNotSetError, InvalidPromptError
 from ppd.graph import Reference
 from ppd.io import check_image_array, check_reference_mask
-from ppd.sam import Segmenter
-from ppd.sam.segmenter import GRID, IMG_SIZE
+from ppd.prompts import check_k
+from ppd.refine import Defender, RefineResult
+from ppd.sam import Frame, Segmenter
+from ppd.sam.frame import GRID, IMG_SIZE
 
 
 @dataclass
@@ -86,6 +89,121 @@ def match_patches(ref_grid: np.ndarray, ref_valid: np.ndarray, ref_frac: np.ndar
 CYCLE = True
 
 
+@dataclass
+class OneShotReference:
+    """A reference image (as a frame) and its mask, as feature matching and the defender read them."""
+
+    frame: Frame
+    mask: np.ndarray  # (H, W) bool
+    frac: np.ndarray  # (64, 64) the mask's share of each patch (patch_fractions)
+    _refs: dict = field(default_factory=dict, repr=False)  # graph grid -> Reference
+
+    @classmethod
+    def make(cls, frame: Frame, mask: np.ndarray) -> OneShotReference:
+        mask = check_reference_mask(mask, frame.original_size)
+        return cls(frame, mask, patch_fractions(mask, frame.input_size))
+
+    def graph_reference(self, grid: int = 32) -> Reference:
+        """What the defender reads about the object sought (built once per graph grid)."""
+        if grid not in self._refs:
+            self._refs[grid] = Reference.from_frame(self.frame, self.mask, grid)
+        return self._refs[grid]
+
+
+@dataclass
+class Proposal:
+    """One-shot prompts on one target: every feature-matching candidate and the k-means start set."""
+
+    candidates: Candidates
+    index: np.ndarray  # indices of the start set into ``candidates``
+    match_s: float = 0.0  # seconds of feature matching
+    thin_s: float = 0.0  # seconds of matching and thinning together
+
+    @property
+    def points(self) -> np.ndarray:
+        return self.candidates.points[self.index]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.candidates.labels[self.index]
+
+
+def match(ref: OneShotReference, target: Frame, cycle: bool | None = None) -> Candidates:
+    """Every feature-matching candidate of ``ref``'s object on ``target`` (:func:`match_patches`)."""
+    f, rf = target.features(), ref.frame.features()
+    return match_patches(rf.grid, rf.valid, ref.frac, f.grid, f.valid, f.patch_size, target.original_size,
+                         cycle=CYCLE if cycle is None else bool(cycle))
+
+
+def propose(ref: OneShotReference, target: Frame, k: int = 10, cycle: bool | None = None,
+            seed: int = 0) -> Proposal:
+    """Feature matching from ``ref`` onto ``target``, then k-means thinning to ``k`` per class."""
+    t0 = time.perf_counter()
+    cand = match(ref, target, cycle)
+    match_s = time.perf_counter() - t0
+    idx = kmeans_thin(cand.points, cand.labels, k, seed=seed)
+    return Proposal(cand, idx, match_s, time.perf_counter() - t0)
+
+
+@dataclass
+class OneShotResult:
+    proposal: Proposal
+    refined: RefineResult  # over the start set: kept / suppressed, final mask (all kept without a defender)
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self.refined.mask
+
+
+class OneShot:
+    """The one-shot pipeline: feature matching -> k-means start set -> defender -> SAM's mask.
+
+    ``set_reference`` once, ``run`` per target (an image or a frame). Without a defender the
+    start set is segmented as it is. The CLI, the demo, ``ppd eval``, the benchmarks and the
+    trainer's one-shot start sets all go through :func:`propose` / this class."""
+
+    def __init__(self, segmenter: Segmenter, defender: Defender | None = None, k: int = 10,
+                 cycle: bool | None = None, seed: int = 0) -> None:
+        check_k(k, None if defender is None else defender.agent.rows)
+        self.seg, self.defender = segmenter, defender
+        self.k, self.seed = k, seed
+        self.cycle = CYCLE if cycle is None else bool(cycle)
+        self.ref: OneShotReference | None = None
+
+    def frame(self, image: np.ndarray | Frame) -> Frame:
+        return image if isinstance(image, Frame) else self.seg.frame(image)
+
+    def set_reference(self, image: np.ndarray | Frame, mask: np.ndarray) -> OneShotReference:
+        if not isinstance(image, Frame):
+            mask = check_reference_mask(mask, check_image_array(image))
+        self.ref = OneShotReference.make(self.frame(image), mask)
+        return self.ref
+
+    def _need_reference(self) -> OneShotReference:
+        if self.ref is None:
+            raise ImageNotSetError("call set_reference(image, mask) first")
+        return self.ref
+
+    def propose(self, target: np.ndarray | Frame) -> Proposal:
+        return propose(self._need_reference(), self.frame(target), self.k, self.cycle, self.seed)
+
+    def run(self, target: np.ndarray | Frame, proposal: Proposal | None = None) -> OneShotResult:
+        """The final mask on ``target`` (and every step that led to it). An empty start set is an error."""
+        frame = self.frame(target)
+        prop = proposal or self.propose(frame)
+        pts, labs = prop.points, prop.labels
+        if len(pts) == 0:
+            raise InvalidPromptError("feature matching found no prompt on this target")
+        if self.defender is None:
+            res = RefineResult(points=pts, labels=labs, kept=np.ones(len(pts), bool), stop_reason="no defender")
+            pred = self.seg.decode(frame, pts, labs)
+            res.mask, res.iou = pred.mask, pred.iou
+        else:
+            ref = self.ref.graph_reference(self.defender.config.graph_grid)
+            res = self.defender.refine_frame(frame, pts, labs, reference=ref)
+        return OneShotResult(prop, res)
+
+
 class FeatureMatcher:
     """Reference patches -> nearest target patches. ``set_reference`` once, ``match`` per target.
     ``cycle``: keep only forward-backward consistent matches (default :data:`CYCLE`)."""
@@ -93,28 +211,23 @@ class FeatureMatcher:
     def __init__(self, segmenter: Segmenter, cycle: bool | None = None) -> None:
         self.seg = segmenter
         self.cycle = CYCLE if cycle is None else bool(cycle)
-        self.ref = None
+        self.ref: OneShotReference | None = None
         self.reference: Reference | None = None
 
-    def set_reference(self, image: np.ndarray, mask: np.ndarray) -> None:
-        image = check_image_array(image)
-        mask = check_reference_mask(mask, image)
-        self.seg.set_image(image)
-        f = self.seg.features()
-        self.ref = (f.grid, f.valid, patch_fractions(mask, self.seg.input_size))
+    def set_reference(self, image: np.ndarray | Frame, mask: np.ndarray) -> None:
+        if not isinstance(image, Frame):
+            mask = check_reference_mask(mask, check_image_array(image))
+            image = self.seg.frame(image)
+        self.ref = OneShotReference.make(image, mask)
         # what the defender reads about the object sought (Defender.set_reference)
-        self.reference = Reference.from_features(f.grid, f.valid, f.patch_size, self.seg.original_size, mask)
+        self.reference = self.ref.graph_reference()
 
-    def match(self, image: np.ndarray | None = None) -> Candidates:
-        """Candidates on ``image`` (or on the segmenter's current image if None)."""
+    def match(self, image: np.ndarray | Frame) -> Candidates:
+        """Every candidate on ``image`` (an array or a frame)."""
         if self.ref is None:
-            from ppd.errors import ImageNotSetError
-
             raise ImageNotSetError("call set_reference(image, mask) first")
-        if image is not None:
-            self.seg.set_image(image)
-        f = self.seg.features()
-        return match_patches(*self.ref, f.grid, f.valid, f.patch_size, self.seg.original_size, cycle=self.cycle)
+        frame = image if isinstance(image, Frame) else self.seg.frame(image)
+        return match(self.ref, frame, self.cycle)
 
 
 def kmeans_thin(points: np.ndarray, labels: np.ndarray, k: int = 10, seed: int = 0) -> np.ndarray:

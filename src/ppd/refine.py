@@ -32,14 +32,12 @@ import torch
 
 from ppd.agents import DQNAgent
 from ppd.agents.dqn import shipped_agent_path
-from ppd.errors import ConfigError, InvalidMaskError, InvalidPromptError
-from ppd.game.env import decode_summary
+from ppd.errors import ConfigError, ImageNotSetError, InvalidMaskError, InvalidPromptError
 from ppd.game.observation import geometry, observe
-from ppd.graph import Reference, build_graph, prototypes
-from ppd.io import check_image_array, check_reference_mask
+from ppd.graph import Reference, decode_summary, graph_of, prototypes
+from ppd.io import check_image_array, check_points, check_reference_mask
 from ppd.prompts import PromptSet, check_prompt_count
-from ppd.sam import Segmenter
-from ppd.sam.segmenter import check_points, lowres_scale
+from ppd.sam import Frame, Segmenter
 
 
 def load_agent(spec: str | Path | None, role: str, like: DQNAgent | None = None, seed: int = 0) -> DQNAgent:
@@ -160,7 +158,10 @@ def parse_overrides(items: list[str] | None) -> dict:
 
 
 class Defender:
-    """The trained defender over a MobileSAM segmenter."""
+    """The trained defender over a MobileSAM segmenter.
+
+    Stateless core: :meth:`refine_frame` (a :class:`ppd.sam.Frame`, prompts, an optional
+    :class:`ppd.graph.Reference`). Facade: ``set_image`` / ``set_reference`` once, ``refine`` many."""
 
     def __init__(self, agent: DQNAgent | str | Path | None = None, segmenter: Segmenter | None = None,
                  config: DefenderConfig | None = None, **overrides) -> None:
@@ -177,58 +178,68 @@ class Defender:
         self.config = (replace(config, **overrides) if config is not None and overrides else
                        config or DefenderConfig.for_agent(self.agent, **overrides))
         self.seg = segmenter or Segmenter()
-        self.graph = None
-        self._image: np.ndarray | None = None
+        self.frame: Frame | None = None
         self.reference: Reference | None = None
 
-    def set_image(self, image: np.ndarray) -> None:
-        self.seg.set_image(image)
-        self._image = image
-        f = self.seg.features()
-        c = self.config
-        self.graph = build_graph(f.grid, f.valid, f.patch_size, self.seg.original_size, c.graph_grid, c.knn)
+    # ------------------------------------------------------------------ facade
+    def set_image(self, image: np.ndarray | Frame) -> None:
+        """The image whose prompts :meth:`refine` will refine (an array or a ready frame)."""
+        self.frame = image if isinstance(image, Frame) else self.seg.frame(image)
 
-    def set_reference(self, image: np.ndarray | Reference | None, mask: np.ndarray | None = None) -> None:
-        """The one-shot reference (image + mask, or a ready :class:`ppd.graph.Reference`) whose object
-        the prompts are meant to find, or None for none. Kept until replaced; the image set by
-        ``set_image`` stays current. Agents trained before references existed ignore it."""
-        if image is None or isinstance(image, Reference):
-            self.reference = image
-            return
-        image = check_image_array(image)
+    @property
+    def graph(self):
+        """The current image's dual graph (None before ``set_image``)."""
+        return None if self.frame is None else self.graph_of(self.frame)
+
+    def graph_of(self, frame: Frame):
+        return graph_of(frame, self.config.graph_grid, self.config.knn)
+
+    def reference_of(self, image: np.ndarray | Frame, mask: np.ndarray) -> Reference:
+        """A one-shot reference (image or frame, and its mask) as this defender reads it."""
         if mask is None:
-            raise InvalidMaskError(f"reference needs a mask of its image's size {image.shape[1]}x{image.shape[0]}, "
-                                   f"got no mask")
-        mask = check_reference_mask(mask, image)
-        self.seg.set_image(image)
-        f = self.seg.features()
-        self.reference = Reference.from_features(f.grid, f.valid, f.patch_size, self.seg.original_size, mask,
-                                                 self.config.graph_grid)
-        if self._image is not None:  # back to the target
-            self.seg.set_image(self._image)
+            size = image.original_size if isinstance(image, Frame) else np.asarray(image).shape[:2]
+            raise InvalidMaskError(f"reference needs a mask of its image's size {size[1]}x{size[0]}, got no mask")
+        if not isinstance(image, Frame):
+            image = check_image_array(image)
+            mask = check_reference_mask(mask, image)
+            image = self.seg.frame(image)
+        else:
+            mask = check_reference_mask(mask, image.original_size)
+        return Reference.from_frame(image, mask, self.config.graph_grid)
 
-    def _state(self, prompts: PromptSet, valid: np.ndarray):
+    def set_reference(self, image: np.ndarray | Frame | Reference | None, mask: np.ndarray | None = None) -> None:
+        """The one-shot reference (image or frame + mask, or a ready :class:`ppd.graph.Reference`) whose
+        object the prompts are meant to find, or None for none. Kept until replaced. Agents trained
+        before references existed ignore it."""
+        self.reference = image if image is None or isinstance(image, Reference) else self.reference_of(image, mask)
+
+    def refine(self, points, labels, max_removals: int | None = None) -> RefineResult:
+        """:meth:`refine_frame` on the image and reference set with ``set_image`` / ``set_reference``."""
+        if self.frame is None:
+            raise ImageNotSetError("call set_image(image) before refine")
+        return self.refine_frame(self.frame, points, labels, self.reference, max_removals)
+
+    # ------------------------------------------------------------------ core
+    def _state(self, frame: Frame, graph, prompts: PromptSet, valid: np.ndarray):
         act = prompts.active & valid
         pts = [(float(x), float(y)) for x, y in prompts.points[valid]]
         if act.any():
-            low = self.seg.predict_lowres(prompts.points[act], prompts.labels[act])
+            low = self.seg.decode(frame, prompts.points[act], prompts.labels[act], lowres=True)
             logits, iou = low.logits, low.iou
             mask = (logits > 0).numpy()
         else:
             logits, iou, mask = None, 0.0, np.zeros((256, 256), bool)
-        scale = lowres_scale(self.seg.original_size, self.seg.input_size)
-        node_frac, logit_at = decode_summary(logits, mask, self.graph, scale, pts)
+        node_frac, logit_at = decode_summary(logits, mask, graph, frame.lowres_scale, pts)
         slot_logits = np.array([logit_at.get((float(x), float(y)), 0.0) for x, y in prompts.points], np.float32)
         return slot_logits, node_frac, iou
 
     @torch.no_grad()
-    def refine(self, points, labels, max_removals: int | None = None) -> RefineResult:
-        """Remove misleading prompts (see the module doc) and segment with the rest."""
-        if self.graph is None:
-            from ppd.errors import ImageNotSetError
-
-            raise ImageNotSetError("call set_image(image) before refine")
-        pts, labs = check_points(points, labels, self.seg.original_size)
+    def refine_frame(self, frame: Frame, points, labels, reference: Reference | None = None,
+                     max_removals: int | None = None) -> RefineResult:
+        """Remove misleading prompts on ``frame`` (see the module doc) and segment with the rest."""
+        if not isinstance(frame, Frame):
+            raise ConfigError(f"refine_frame needs a ppd.sam.Frame, got {type(frame).__name__}")
+        pts, labs = check_points(points, labels, frame.original_size)
         n = len(pts)
         if n == 0:
             raise InvalidPromptError("no prompts to refine")
@@ -237,16 +248,17 @@ class Defender:
         c = self.config
         budget = c.max_removals if max_removals is None else max_removals
         check_prompt_count(n, rows)
+        graph = self.graph_of(frame)
         prompts = PromptSet.from_points(np.zeros((rows, 2)), np.zeros(rows), np.zeros(rows, bool))
         prompts.points[:n], prompts.labels[:n], prompts.active[:n] = pts, labs, True
         valid = np.zeros(len(prompts), bool)
         valid[:n] = True
         horizon = max(1, min(budget, 15))
-        geo = geometry(self.graph, prompts, self.reference)
+        geo = geometry(graph, prompts, reference)
         for t in range(budget + 1):
-            slot_logits, node_frac, iou = self._state(prompts, valid)
+            slot_logits, node_frac, iou = self._state(frame, graph, prompts, valid)
             res.iou = iou
-            res.trace.append((float(iou), *self._agreement(node_frac)))
+            res.trace.append((float(iou), *_agreement(graph, reference, node_frac)))
             if t == budget:
                 res.stop_reason = res.stop_reason or "removal budget reached"
                 break
@@ -262,7 +274,7 @@ class Defender:
             # immediate Dice change of a removal. Measured on val attacked sets (docs/TRAINING.md):
             # defended Dice 80.0 myopic vs 81.9 with t counting up to the budget, the default.
             tt, hh = (14, 15) if c.myopic else (t, horizon)
-            obs = observe(self.graph, geo, prompts, valid, slot_logits, node_frac, iou, tt, hh, rows,
+            obs = observe(graph, geo, prompts, valid, slot_logits, node_frac, iou, tt, hh, rows,
                           pairs=self.agent.needs_pairs)
             q = self.agent.q_values(obs["slots"][:rows], obs["context"],
                                     obs["pairs"][:rows, :rows] if "pairs" in obs else None)[:rows]
@@ -281,12 +293,13 @@ class Defender:
                 res.kept[i] = True
             res.stop_reason += f"; mask of state {step} of {len(res.order)} chosen by {c.select}"
             res.order, res.q_values, res.iou = res.order[:step], res.q_values[:step], res.trace[step][0]
-        res.mask = self.seg.predict(pts[res.kept], labs[res.kept]).mask
+        res.mask = self.seg.decode(frame, pts[res.kept], labs[res.kept]).mask
         return res
 
-    def _agreement(self, node_frac: np.ndarray) -> tuple[float, float]:
-        """Cosines of the mask's mean graph feature with the reference object's and background's."""
-        if self.reference is None or not (node_frac > 0).any():
-            return float("nan"), float("nan")
-        fg, _ = prototypes(node_frac, self.graph.feats)
-        return float(fg @ self.reference.proto_fg), float(fg @ self.reference.proto_bg)
+
+def _agreement(graph, reference: Reference | None, node_frac: np.ndarray) -> tuple[float, float]:
+    """Cosines of the mask's mean graph feature with the reference object's and background's."""
+    if reference is None or not (node_frac > 0).any():
+        return float("nan"), float("nan")
+    fg, _ = prototypes(node_frac, graph.feats)
+    return float(fg @ reference.proto_fg), float(fg @ reference.proto_bg)

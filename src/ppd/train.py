@@ -241,7 +241,7 @@ class Trainer:
     def save_agents(self) -> None:
         meta = {"command": self.command, "rounds": self.round, "env_steps": self.env_steps, "decodes": self.decodes,
                 "seconds": round(self.seconds, 1), "train_config": asdict(self.cfg),
-                "images": [f"{im.sample.dataset}/{im.sample.id}" for im in self.bank.images]}
+                "images": [f"{s.dataset}/{s.id}" for s in self.bank.samples]}
         self.attacker.save(self.out / "attacker", extra=meta)
         self.defender.save(self.out / "defender", extra=meta)
 
@@ -266,7 +266,8 @@ class Trainer:
         torch_rng = torch.get_rng_state()
         save_pt({"torch_rng": torch_rng}, str(tmp / "rng.safetensors"))
         state = {"round": self.round, "env_steps": self.env_steps, "decodes": self.decodes, "seconds": self.seconds,
-                 "config": asdict(self.cfg), "command": self.command, "images": [im.sha for im in self.bank.images],
+                 "config": asdict(self.cfg), "command": self.command,
+                 "images": [im.image_sha256 for im in self.bank.images],
                  "env_rng": [e.np_random.bit_generator.state for e in self.att_envs + self.def_envs],
                  "rng": self.rng.bit_generator.state}
         (tmp / "state.json").write_text(json.dumps(state, default=int))
@@ -283,9 +284,10 @@ class Trainer:
             return False
         try:
             state = json.loads((ck / "state.json").read_text())
-            if state.get("images", [im.sha for im in self.bank.images]) != [im.sha for im in self.bank.images]:
+            shas = [im.image_sha256 for im in self.bank.images]
+            if state.get("images", shas) != shas:
                 raise CheckpointError(f"cannot resume from {ck}: it was trained on other images (data changed?)")
-            feats = {i: im.graph.feats for i, im in enumerate(self.bank.images)}
+            feats = {i: g.feats for i, g in enumerate(self.bank.graphs)}
             for name, ag in (("attacker", self.attacker), ("defender", self.defender)):
                 t = load_pt(str(ck / f"{name}.safetensors"))
                 meta = json.loads((ck / f"{name}.json").read_text())
@@ -334,28 +336,25 @@ def fm_start_sets(bank: ImageBank, cfg: TrainConfig, progress: bool = True) -> l
     from tqdm.auto import tqdm
 
     from ppd.game.objects import WHOLE
-    from ppd.oneshot import kmeans_thin, match_patches, patch_fractions
+    from ppd.oneshot import OneShotReference, patch_fractions, propose
     from ppd.prompts import PromptSet
 
     rng = np.random.default_rng(cfg.seed + 7)
     by_ds: dict[str, list[int]] = {}
-    for i, im in enumerate(bank.images):
-        by_ds.setdefault(im.sample.dataset, []).append(i)
+    for i, s in enumerate(bank.samples):
+        by_ds.setdefault(s.dataset, []).append(i)
     starts = []
     for i in tqdm(range(len(bank)), desc="one-shot start sets", disable=not progress):
-        im = bank.images[i]
-        others = [j for j in by_ds[im.sample.dataset] if j != i]
-        grid, valid, ps = im.features()
+        others = [j for j in by_ds[bank.samples[i].dataset] if j != i]
         for r in rng.choice(others, min(cfg.fm_refs_per_image, len(others)), replace=False) if others else []:
-            ref = bank.images[int(r)]
-            rgrid, rvalid, _ = ref.features()
-            frac = patch_fractions(bank.objects(int(r)).mask(WHOLE), ref.input_size)
-            cand = match_patches(rgrid, rvalid, frac, grid, valid, ps, im.original_size, cycle=cfg.fm_cycle)
-            if (cand.labels == 1).sum() == 0:
+            r = int(r)
+            fr, mask = bank.images[r], bank.objects(r).mask(WHOLE)
+            ref = OneShotReference(fr, mask, patch_fractions(mask, fr.input_size))
+            prop = propose(ref, bank.images[i], cfg.fm_k, cfg.fm_cycle, seed=r)
+            if (prop.candidates.labels == 1).sum() == 0:
                 continue
-            idx = kmeans_thin(cand.points, cand.labels, cfg.fm_k, seed=int(r))
-            starts.append({"image": i, "object": WHOLE, "reference": int(r),
-                           "prompts": PromptSet.from_points(cand.points[idx], cand.labels[idx])})
+            starts.append({"image": i, "object": WHOLE, "reference": r,
+                           "prompts": PromptSet.from_points(prop.points, prop.labels)})
     return starts
 
 

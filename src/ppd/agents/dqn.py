@@ -173,24 +173,6 @@ class DQNAgent:
     def ready(self) -> bool:
         return self.buffer is not None and self.buffer.size >= max(self.cfg.learning_starts, self.cfg.batch_size)
 
-    def learn(self, vec, total_steps: int, eps_start: float = 1.0, eps_end: float = 0.1,
-              eps_fraction: float = 0.5, updates_per_step: int = 1) -> list[float]:
-        """Train this role alone on a ``VecGame`` (SB3-style); the adversarial loop is ``ppd.train``."""
-        obs, mask = vec.reset()
-        states = vec.states()
-        losses = []
-        for step in range(0, total_steps, len(vec)):
-            eps = linear_epsilon(step, total_steps, eps_start, eps_end, eps_fraction)
-            acts = self.act(obs["slots"], obs["context"], mask, eps, obs.get("pairs"))
-            st = vec.step(acts)
-            for j in range(len(vec)):
-                self.buffer.add(states[j], int(acts[j]), float(st.reward[j]), st.next_states[j], st.next_mask[j],
-                                bool(st.done[j]))
-            obs, mask, states = st.obs, st.mask, st.states
-            if self.ready():
-                losses += [self.update() for _ in range(updates_per_step)]
-        return losses
-
     # ----------------------------------------------------------------- persistence
     def config_dict(self) -> dict:
         return {"format": FORMAT, "role": self.role, "rows": self.rows, "n_actions": self.n_actions,

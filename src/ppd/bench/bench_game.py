@@ -107,12 +107,12 @@ def _naive(seg: Segmenter, bank: ImageBank, record: list) -> float:
             masks[(i, k)] = bank.objects(i).mask(k)
     t0 = time.perf_counter()
     for i, k, pts, labs in record:
-        seg.use(bank.handle(i))
+        fr = bank.images[i]
         if len(pts) == 0:
-            full = np.zeros(seg.original_size, bool)
+            full = np.zeros(fr.original_size, bool)
         else:  # the stock float32 decoder + full-size upsampling, as SamPredictor runs it
-            full = stock_full_mask(seg, torch.as_tensor(seg.to_input_frame(pts), dtype=torch.float32),
-                                    torch.as_tensor(labs, dtype=torch.int64))
+            full = stock_full_mask(seg, torch.as_tensor(fr.to_input_frame(pts), dtype=torch.float32),
+                                    torch.as_tensor(labs, dtype=torch.int64), frame=fr)
         dice(full, masks[(i, k)])
     return time.perf_counter() - t0
 

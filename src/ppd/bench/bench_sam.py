@@ -116,15 +116,17 @@ def _where_time_goes(seg: Segmenter, coords, labels, n: int = 20) -> list[tuple[
     return shares
 
 
-def stock_full_mask(seg: Segmenter, c: torch.Tensor, lab: torch.Tensor) -> np.ndarray:
-    """What a SamPredictor loop computes: stock decoder, upsampled to the original size."""
+def stock_full_mask(seg: Segmenter, c: torch.Tensor, lab: torch.Tensor, frame=None) -> np.ndarray:
+    """What a SamPredictor loop computes: stock decoder, upsampled to the original size
+    (on ``frame``, default the segmenter's current image)."""
     m = seg.model
+    fr = frame or seg.current
     with torch.inference_mode():
         sparse, dense = m.prompt_encoder(points=(c[None], lab[None]), boxes=None, masks=None)
-        low, _ = m.mask_decoder(image_embeddings=seg.embedding, image_pe=m.prompt_encoder.get_dense_pe(),
+        low, _ = m.mask_decoder(image_embeddings=fr.embedding32(), image_pe=m.prompt_encoder.get_dense_pe(),
                                 sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
                                 multimask_output=False)
-        return (m.postprocess_masks(low, seg.input_size, seg.original_size)[0, 0] > 0).numpy()
+        return (m.postprocess_masks(low, fr.input_size, fr.original_size)[0, 0] > 0).numpy()
 
 
 def _decode_fns(seg: Segmenter, prepared: list, gt: np.ndarray, gt_low: np.ndarray):

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ppd.agents import DQNAgent
+from ppd.evaluate.baselines import greedy_oracle
 from ppd.game import Arena, GameConfig, ImageBank, PromptGame
 from ppd.metrics import dice
 from ppd.prompts import PromptSet
@@ -45,43 +46,10 @@ class ObjectResult:
     n_attacked: int
 
 
-def _full_dice(seg, pts, labs, gt) -> float:
+def _full_dice(seg, frame, pts, labs, gt) -> float:
     if len(pts) == 0:
         return dice(np.zeros_like(gt), gt)
-    return dice(seg.predict(pts, labs).mask, gt)
-
-
-def greedy_oracle(seg, pts, labs, gt, max_removals: int) -> np.ndarray:
-    """Keep-mask of GT-guided greedy removal (the best single removal while it helps).
-
-    Candidates are scored on the fast path (low-res Dice against the downsampled
-    ground truth); the caller decodes the kept set at full resolution.
-    """
-    from ppd.sam import downsample_mask
-
-    gt_low = downsample_mask(gt, seg.lowres_valid_shape)
-
-    def low_dice(k):
-        if not k.any():
-            return 0.0
-        return dice((seg.predict_lowres(pts[k], labs[k]).logits > 0).numpy(), gt_low)
-
-    keep = np.ones(len(pts), bool)
-    best = low_dice(keep)
-    for _ in range(max_removals):
-        cands = []
-        for j in np.nonzero(keep)[0]:
-            k = keep.copy()
-            k[j] = False
-            if k.any():
-                cands.append((low_dice(k), j))
-        if not cands:
-            break
-        d, j = max(cands)
-        if d <= best:
-            break
-        best, keep[j] = d, False
-    return keep
+    return dice(seg.decode(frame, pts, labs).mask, gt)
 
 
 def attack(env: PromptGame, attacker: DQNAgent, i: int, k: int, steps: int) -> tuple[PromptSet, PromptSet]:
@@ -118,29 +86,26 @@ def evaluate(samples, attacker: DQNAgent, defender: DQNAgent, segmenter, attack_
         targets += [(i, k) for k in ks]
     results = []
     for i, k in tqdm(targets, desc="objects", disable=not progress):
-        im = bank.images[i]
+        frame, sample = bank.images[i], bank.samples[i]
         gt = bank.objects(i).mask(k)
         ideal, att = attack(env, attacker, i, k, attack_steps)
-        image = im.sample.image()
-        dfd.set_image(image)
-        untrained.graph, untrained.seg = dfd.graph, dfd.seg
-        seg = dfd.seg
-        r = dfd.refine(att.points, att.labels)
-        ru = untrained.refine(att.points, att.labels)
+        seg = segmenter
+        r = dfd.refine_frame(frame, att.points, att.labels)
+        ru = untrained.refine_frame(frame, att.points, att.labels)
         n_rm = len(r.order)
         keep = np.ones(len(att), bool)
         if n_rm:
             keep[rng.choice(len(att), min(n_rm, len(att) - 1), replace=False)] = False
-        d = {"ideal": _full_dice(seg, ideal.points, ideal.labels, gt),
-             "attacked": _full_dice(seg, att.points, att.labels, gt),
-             "defended": dice(r.mask, gt), "random": _full_dice(seg, att.points[keep], att.labels[keep], gt),
+        d = {"ideal": _full_dice(seg, frame, ideal.points, ideal.labels, gt),
+             "attacked": _full_dice(seg, frame, att.points, att.labels, gt),
+             "defended": dice(r.mask, gt), "random": _full_dice(seg, frame, att.points[keep], att.labels[keep], gt),
              "untrained": dice(ru.mask, gt)}
         if oracle:
-            ko = greedy_oracle(seg, att.points, att.labels, gt, 15)
-            d["oracle"] = _full_dice(seg, att.points[ko], att.labels[ko], gt)
+            ko = greedy_oracle(seg, frame, att.points, att.labels, gt, 15)
+            d["oracle"] = _full_dice(seg, frame, att.points[ko], att.labels[ko], gt)
         else:
             d["oracle"] = float("nan")
-        results.append(ObjectResult(im.sample.dataset, im.sample.id, k, d, n_rm, len(att)))
+        results.append(ObjectResult(sample.dataset, sample.id, k, d, n_rm, len(att)))
     if out_csv:
         with open(out_csv, "w", newline="") as f:
             w = csv.writer(f)

@@ -27,7 +27,7 @@ k-means-thinned feature-matching set, so their gains are comparable.
   helps). A strong reference that reads the ground truth, **not** an upper bound of
   removal-only refinement: greedy can stop in a local optimum that a non-greedy
   removal sequence escapes (ECSSD target 0474 with reference 0793: oracle 0.000,
-  fm-ppd 0.339). Lives in :mod:`ppd.evaluate.attack_defence`.
+  fm-ppd 0.339).
 """
 
 from __future__ import annotations
@@ -140,3 +140,37 @@ def persam_points(ref_grid: np.ndarray, ref_frac: np.ndarray, ref_valid: np.ndar
         out.append([min((c + 0.5) * patch_size, wd - 1), min((r + 0.5) * patch_size, h - 1)])
     return np.array(out, np.float32), np.array([1, 0], np.int64)
 
+
+
+def greedy_oracle(seg, frame, pts, labs, gt, max_removals: int) -> np.ndarray:
+    """Keep-mask of GT-guided greedy removal (the best single removal while it helps) on ``frame``.
+
+    Candidates are scored on the fast path (low-res Dice against the downsampled
+    ground truth); the caller decodes the kept set at full resolution.
+    """
+    from ppd.metrics import dice
+    from ppd.sam import downsample_mask
+
+    gt_low = downsample_mask(gt, frame.lowres_valid_shape)
+
+    def low_dice(k):
+        if not k.any():
+            return 0.0
+        return dice((seg.decode(frame, pts[k], labs[k], lowres=True).logits > 0).numpy(), gt_low)
+
+    keep = np.ones(len(pts), bool)
+    best = low_dice(keep)
+    for _ in range(max_removals):
+        cands = []
+        for j in np.nonzero(keep)[0]:
+            k = keep.copy()
+            k[j] = False
+            if k.any():
+                cands.append((low_dice(k), j))
+        if not cands:
+            break
+        d, j = max(cands)
+        if d <= best:
+            break
+        best, keep[j] = d, False
+    return keep

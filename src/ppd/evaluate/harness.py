@@ -34,27 +34,10 @@ import numpy as np
 
 from ppd.data import Sample
 from ppd.errors import ConfigError, DataError
+from ppd.evaluate.methods import METHODS, TRAINING_FREE, RefJob, TargetJob  # noqa: F401  (re-exported)
+from ppd.evaluate.tables import Row, Summary, format_table, read_base, summarize, write_outputs  # noqa: F401
 from ppd.io import file_sha256
 from ppd.metrics import dice, iou
-
-#: method -> (uses a reference, uses the defender, uses the attacker, one-line description)
-METHODS: dict[str, tuple[bool, bool, bool, str]] = {
-    "oracle-click": (False, False, False, "one click at the GT interior point farthest from the border (sanity)"),
-    "oracle-box": (False, False, False, "the GT bounding box (sanity)"),
-    "fm": (True, False, False, "all feature-matching prompts"),
-    "fm-kmeans": (True, False, False, "FM thinned to at most K per class by k-means on coordinates"),
-    "fm-ppd": (True, True, False, "fm-kmeans + the defender"),
-    "fm-random": (True, True, False, "fm-kmeans minus as many random prompts as the defender removed"),
-    "fm-gbmseg": (True, False, False, "fm-kmeans pruned by GBMSeg-style rules"),
-    "persam": (True, False, False, "PerSAM-style best / worst point + cascaded box refinement"),
-    "fm-greedy-oracle": (True, False, False, "GT-guided greedy removal from fm-kmeans (GT-informed, not a bound)"),
-    "ideal": (False, False, False, "the game's ideal prompts from the GT"),
-    "ideal-attacked": (False, False, True, "ideal prompts after the attacker (T steps)"),
-    "ideal-attacked-defended": (False, True, True, "the attacked set refined by the defender"),
-    "ideal-attacked-random": (False, True, True, "the attacked set minus as many random prompts as the defender "
-                                                 "removed"),
-}
-TRAINING_FREE = ("fm", "fm-kmeans", "fm-random", "fm-gbmseg", "persam")
 
 
 @dataclass(frozen=True)
@@ -84,20 +67,6 @@ def config_key(cfg: EvalConfig) -> dict:
     if not d["cycle"]:
         del d["cycle"]
     return d
-
-
-@dataclass
-class Row:
-    dataset: str
-    method: str
-    reference: str  # "-" for methods without a reference
-    target: str
-    dice: float
-    iou: float
-    seconds: float
-    n_prompts: int  # prompts given to SAM before any refinement
-    n_kept: int  # prompts SAM finally saw
-    key: str = ""
 
 
 class ResultCache:
@@ -187,17 +156,39 @@ def check_methods(methods: list[str]) -> None:
         raise ConfigError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
 
 
-def _int_hash(text: str) -> int:
-    """A stable 32-bit integer of a string (seeds per target / reference)."""
-    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
-
-
 def check_pair_sizes(s: Sample) -> None:
     from ppd.io import stored_size
 
     (ih, iw), (mh, mw) = stored_size(s.image_path, "image"), stored_size(s.mask_path, "mask")
     if (ih, iw) != (mh, mw):
         raise DataError(f"{s.mask_path}: mask is {mw}x{mh}, image {iw}x{ih}")
+
+
+class Agents:
+    """The defender and attacker a harness runs, loaded on first use (a run of training-free methods
+    never loads them)."""
+
+    def __init__(self, segmenter, defender=None, attacker=None, defender_opts: dict | None = None,
+                 seed: int = 0) -> None:
+        self.seg, self.specs, self.opts, self.seed = segmenter, (defender, attacker), dict(defender_opts or {}), seed
+        self._defender = self._attacker = None
+
+    @property
+    def defender(self):
+        if self._defender is None:
+            from ppd.refine import Defender, load_agent
+
+            self._defender = Defender(load_agent(self.specs[0], "defender", seed=self.seed), segmenter=self.seg,
+                                      **self.opts)
+        return self._defender
+
+    @property
+    def attacker(self):
+        if self._attacker is None:
+            from ppd.refine import load_agent
+
+            self._attacker = load_agent(self.specs[1], "attacker", seed=self.seed)
+        return self._attacker
 
 
 class Harness:
@@ -212,12 +203,12 @@ class Harness:
         self.defender_spec, self.attacker_spec = defender, attacker
         self.defender_opts = dict(defender_opts or {})
         self.cache = cache or ResultCache(None)
-        uses_d = any(METHODS[m][1] for m in methods)
-        uses_a = any(METHODS[m][2] for m in methods)
+        uses_d = any(METHODS[m].defender for m in methods)
+        uses_a = any(METHODS[m].attacker for m in methods)
         self.hashes = {"sam": segmenter.model_sha256,
                        "defender": agent_sha(defender, "defender", self.defender_opts) if uses_d else None,
                        "attacker": agent_sha(attacker, "attacker") if uses_a else None}
-        self._defender = self._attacker = None
+        self.agents = Agents(segmenter, defender, attacker, self.defender_opts, cfg.seed)
         self._files: dict[Path, str] = {}
 
     # ------------------------------------------------------------------ keys
@@ -227,33 +218,19 @@ class Harness:
         return self._files[path]
 
     def key(self, method: str, target: Sample, ref: Sample | None) -> str:
-        _, uses_d, uses_a, _ = METHODS[method]
-        if method == "fm-random":
-            uses_a = False  # depends on the defender's removal count only
+        m = METHODS[method]
+        uses_a = m.attacker and method != "fm-random"  # fm-random depends on the defender's removal count only
         parts = {"method": method, "cfg": config_key(self.cfg), "sam": self.hashes["sam"],
                  "target": [self._sha(target.image_path), self._sha(target.mask_path)],
                  "ref": [self._sha(ref.image_path), self._sha(ref.mask_path)] if ref is not None else None,
-                 "defender": self.hashes["defender"] if uses_d else None,
+                 "defender": self.hashes["defender"] if m.defender else None,
                  "attacker": self.hashes["attacker"] if uses_a else None}
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
-    # ------------------------------------------------------------------ agents
-    @property
-    def defender(self):
-        if self._defender is None:
-            from ppd.refine import Defender, load_agent
-
-            self._defender = Defender(load_agent(self.defender_spec, "defender", seed=self.cfg.seed),
-                                      segmenter=self.seg, **self.defender_opts)
-        return self._defender
-
-    @property
-    def attacker(self):
-        if self._attacker is None:
-            from ppd.refine import load_agent
-
-            self._attacker = load_agent(self.attacker_spec, "attacker", seed=self.cfg.seed)
-        return self._attacker
+    def _removed(self, target: Sample, method: str, ref: Sample | None) -> int | None:
+        """How many prompts a cached defended row removed (None when it is not cached)."""
+        row = self.cache.get(self.key(method, target, ref))
+        return None if row is None else row.n_prompts - row.n_kept
 
     # ------------------------------------------------------------------ running
     def run(self, refs: list[Sample], targets: list[Sample], progress: bool = True,
@@ -262,21 +239,20 @@ class Harness:
 
         for s in refs + targets:  # every pair checked before any work (and before the progress bar)
             check_pair_sizes(s)
-        ref_methods = [m for m in self.methods if METHODS[m][0]]
-        solo_methods = [m for m in self.methods if not METHODS[m][0]]
-        jobs = [(m, None) for m in solo_methods] + [(m, r) for r in refs for m in ref_methods]
-        ref_feats: dict[str, tuple] = {}
+        order = [m for m in METHODS if m in self.methods]
+        jobs = [(m, None) for m in order if not METHODS[m].reference]
+        jobs += [(m, r) for r in refs for m in order if METHODS[m].reference]
+        ref_frames: dict = {}  # reference id -> ppd.oneshot.OneShotReference
         rows: list[Row] = []
         for t in tqdm(targets, desc=f"eval {targets[0].dataset if targets else ''}", unit="img",
                       disable=not progress):
             keys = {(m, r.id if r else "-"): self.key(m, t, r) for m, r in jobs}
             todo = [(m, r) for m, r in jobs if self.cache.get(keys[(m, r.id if r else "-")]) is None]
             if todo:
-                if any(r is not None for _, r in todo):
-                    for r in {r.id: r for _, r in todo if r is not None}.values():
-                        if r.id not in ref_feats:
-                            ref_feats[r.id] = self._reference(r)
-                self._target(t, todo, ref_feats, keys)
+                for r in {r.id: r for _, r in todo if r is not None}.values():
+                    if r.id not in ref_frames:
+                        ref_frames[r.id] = self._reference(r)
+                self._target(t, todo, ref_frames, keys)
             for m, r in jobs:
                 row = self.cache.rows[keys[(m, r.id if r else "-")]]
                 row = Row(**{**asdict(row), "dataset": t.dataset, "target": t.id, "reference": r.id if r else "-"})
@@ -285,224 +261,28 @@ class Harness:
                     on_row(row)
         return rows
 
-    def _reference(self, ref: Sample) -> tuple:
-        from ppd.graph import Reference
-        from ppd.oneshot import patch_fractions
+    def _reference(self, ref: Sample):
+        from ppd.oneshot import OneShotReference
 
-        image, mask = ref.image(), ref.mask()
+        mask = ref.mask()
         if not mask.any():
             raise DataError(f"{ref.mask_path}: the reference mask is empty")
-        self.seg.set_image(image)
-        f = self.seg.features()
-        uses_defender = any(METHODS[m][1] and METHODS[m][0] for m in self.methods)
-        reference = (Reference.from_features(f.grid, f.valid, f.patch_size, self.seg.original_size, mask)
-                     if uses_defender else None)
-        return f.grid, f.valid, patch_fractions(mask, self.seg.input_size), reference
+        return OneShotReference.make(self.seg.frame(ref.image()), mask)
 
-    def _put(self, key: str, t: Sample, method: str, ref: Sample | None, mask: np.ndarray, gt: np.ndarray,
-             seconds: float, n_prompts: int, n_kept: int) -> None:
-        self.cache.put(Row(t.dataset, method, ref.id if ref else "-", t.id, dice(mask, gt), iou(mask, gt),
-                           seconds, int(n_prompts), int(n_kept), key))
-
-    def _target(self, t: Sample, todo: list, ref_feats: dict, keys: dict) -> None:
-        from ppd.evaluate import baselines
-        from ppd.evaluate.attack_defence import greedy_oracle
-        from ppd.oneshot import kmeans_thin, match_patches
-
-        image, gt = t.image(), t.mask()
-        seg, cfg = self.seg, self.cfg
-        need_graph = any(m in ("fm-ppd", "fm-random") for m, _ in todo)
-        t0 = time.perf_counter()
-        if need_graph:
-            self.defender.set_image(image)  # sets the segmenter's image too
-        else:
-            seg.set_image(image)
-        graph_s = time.perf_counter() - t0 if need_graph else 0.0
-        f = seg.features()
-        empty = np.zeros_like(gt, bool)
-
-        def decode(pts, labs, box=None, multimask=False):
-            if len(pts) == 0 and box is None:
-                return empty
-            return seg.predict(pts, labs, box=box, multimask=multimask).mask
-
-        solo = [m for m, r in todo if r is None]
-        for m in solo:
-            k = keys[(m, "-")]
-            t1 = time.perf_counter()
-            if m == "oracle-click":
-                mask, n = decode(baselines.oracle_click(gt), np.ones(1, np.int64), multimask=True), 1
-                self._put(k, t, m, None, mask, gt, time.perf_counter() - t1, n, n)
-            elif m == "oracle-box":
-                mask = decode(np.zeros((0, 2)), np.zeros(0), box=baselines.mask_box(gt))
-                self._put(k, t, m, None, mask, gt, time.perf_counter() - t1, 0, 0)
-        ideal_methods = [m for m in solo if m.startswith("ideal")]
-        if ideal_methods:  # the game's image bank made other handles current: back to the target
-            self._ideal(t, image, gt, ideal_methods, keys, decode)
-            if need_graph:
-                self.defender.set_image(image)
-            else:
-                seg.set_image(image)
-
-        by_ref: dict[str, list[str]] = {}
-        refs: dict[str, Sample] = {}
+    def _target(self, t: Sample, todo: list, ref_frames: dict, keys: dict) -> None:
+        job = TargetJob(t, self.seg.frame(t.image()), t.mask(), self.seg, self.cfg, self.agents,
+                        lambda method, ref: self._removed(t, method, ref),
+                        wants_attack=any(m.startswith("ideal-attacked") for m, _ in todo))
+        ref_jobs: dict[str, RefJob] = {}
         for m, r in todo:
+            rj = None
             if r is not None:
-                by_ref.setdefault(r.id, []).append(m)
-                refs[r.id] = r
-        rng_base = _int_hash(f"{cfg.seed}|{t.id}")
-        for rid, methods in by_ref.items():
-            ref = refs[rid]
-            rg, rv, rf, ref_graph = ref_feats[rid]
+                rj = ref_jobs.setdefault(r.id, RefJob(r, ref_frames[r.id], job))
             t1 = time.perf_counter()
-            cand = match_patches(rg, rv, rf, f.grid, f.valid, f.patch_size, seg.original_size,
-                                 cycle=cfg.cycle)
-            match_s = time.perf_counter() - t1
-            idx = kmeans_thin(cand.points, cand.labels, cfg.k, seed=cfg.seed)
-            pts, labs = cand.points[idx], cand.labels[idx]
-            thin_s = time.perf_counter() - t1
-            n_in = len(pts)
-            removed = None
-            for m in [m for m in METHODS if m in methods]:  # fixed order: fm-ppd before fm-random
-                k = keys[(m, rid)]
-                t1 = time.perf_counter()
-                if m == "fm":
-                    mask = decode(cand.points, cand.labels)
-                    self._put(k, t, m, ref, mask, gt, match_s + time.perf_counter() - t1, len(cand), len(cand))
-                elif m == "fm-kmeans":
-                    self._put(k, t, m, ref, decode(pts, labs), gt, thin_s + time.perf_counter() - t1, n_in, n_in)
-                elif m == "fm-ppd":
-                    if n_in:
-                        self.defender.set_reference(ref_graph)
-                        res = self.defender.refine(pts, labs)
-                        mask, kept = res.mask, int(res.kept.sum())
-                    else:
-                        mask, kept = empty, 0
-                    removed = n_in - kept
-                    self._put(k, t, m, ref, mask, gt, graph_s + thin_s + time.perf_counter() - t1, n_in, kept)
-                elif m == "fm-random":
-                    if removed is None:  # fm-ppd came from the cache
-                        self.defender.set_reference(ref_graph)
-                        removed = self._removed(t, ref, pts, labs)
-                    rng = np.random.default_rng([rng_base, _int_hash(rid)])
-                    keep = baselines.random_removal(labs, removed, rng)
-                    self._put(k, t, m, ref, decode(pts[keep], labs[keep]), gt,
-                              thin_s + time.perf_counter() - t1, n_in, int(keep.sum()))
-                elif m == "fm-gbmseg":
-                    keep = baselines.gbmseg_prune(pts, labs, rg, rv, rf, f.grid, f.patch_size)
-                    self._put(k, t, m, ref, decode(pts[keep], labs[keep]), gt,
-                              thin_s + time.perf_counter() - t1, n_in, int(keep.sum()))
-                elif m == "persam":
-                    p2, l2 = baselines.persam_points(rg, rf, rv, f.grid, f.valid, f.patch_size, seg.original_size)
-                    first = decode(p2, l2, multimask=True)
-                    box = baselines.mask_box(first)
-                    mask = decode(p2, l2, box=box) if box is not None else first
-                    self._put(k, t, m, ref, mask, gt, time.perf_counter() - t1, 2, 2)
-                elif m == "fm-greedy-oracle":
-                    keep = (greedy_oracle(seg, pts, labs, gt, cfg.greedy_max_removals) if n_in
-                            else np.zeros(0, bool))
-                    self._put(k, t, m, ref, decode(pts[keep], labs[keep]), gt,
-                              thin_s + time.perf_counter() - t1, n_in, int(keep.sum()))
-
-    def _removed(self, t: Sample, ref: Sample, pts, labs) -> int:
-        row = self.cache.get(self.key("fm-ppd", t, ref))
-        if row is not None:
-            return row.n_prompts - row.n_kept
-        return len(pts) - int(self.defender.refine(pts, labs).kept.sum())
-
-    def _ideal(self, t: Sample, image: np.ndarray, gt: np.ndarray, methods: list[str], keys: dict, decode) -> None:
-        from ppd.evaluate import baselines
-        from ppd.evaluate.attack_defence import attack
-        from ppd.game import Arena, GameConfig, ImageBank, PromptGame
-        from ppd.game.objects import WHOLE
-
-        gcfg = GameConfig(layout_seed=self.cfg.seed)
-        t0 = time.perf_counter()
-        bank = ImageBank(self.seg, [t], graph_grid=gcfg.graph_grid, knn=gcfg.knn, progress=False)
-        env = PromptGame(Arena(bank, gcfg), "attacker", seed=self.cfg.seed, strict=True)
-        if any(m.startswith("ideal-attacked") for m in methods):
-            ideal, att = attack(env, self.attacker, 0, WHOLE, self.cfg.attack_steps)
-        else:
-            ideal, _, _ = env.arena.attack_layout(0, WHOLE)
-            ideal, att = ideal.subset(np.nonzero(ideal.active)[0]), None
-        setup = time.perf_counter() - t0
-        self.seg.set_image(image)
-        removed = None
-        for m in [m for m in METHODS if m in methods]:  # fixed order: defended before random
-            t1 = time.perf_counter()
-            if m == "ideal":
-                p = ideal
-                mask, n_in, n_kept = decode(p.points, p.labels), len(p), len(p)
-            elif m == "ideal-attacked":
-                mask, n_in, n_kept = decode(att.points, att.labels), len(att), len(att)
-            elif m == "ideal-attacked-defended":
-                self.defender.set_image(image)
-                self.defender.set_reference(None)  # the paper's ablation: no one-shot reference
-                res = self.defender.refine(att.points, att.labels)
-                mask, n_in, n_kept = res.mask, len(att), int(res.kept.sum())
-                removed = n_in - n_kept
-            else:  # ideal-attacked-random
-                if removed is None:
-                    row = self.cache.get(self.key("ideal-attacked-defended", t, None))
-                    if row is None:
-                        self.defender.set_image(image)
-                        self.defender.set_reference(None)
-                        removed = len(att) - int(self.defender.refine(att.points, att.labels).kept.sum())
-                    else:
-                        removed = row.n_prompts - row.n_kept
-                rng = np.random.default_rng([self.cfg.seed, _int_hash(t.id)])
-                keep = baselines.random_removal(att.labels, removed, rng)
-                mask, n_in, n_kept = decode(att.points[keep], att.labels[keep]), len(att), int(keep.sum())
-            self._put(keys[(m, "-")], t, m, None, mask, gt, setup + time.perf_counter() - t1, n_in, n_kept)
-
-
-# ---------------------------------------------------------------------- summary
-@dataclass
-class Summary:
-    dataset: str
-    method: str
-    mdsc: float  # %, mean over references of the mean over targets
-    mdsc_sd: float  # sd over references (nan with one reference or none used)
-    miou: float
-    miou_sd: float
-    s_per_img: float
-    n: int  # targets
-    n_refs: int
-
-
-def _sd(x: list[float]) -> float:
-    return float(np.std(x, ddof=1)) if len(x) > 1 else float("nan")
-
-
-def summarize(rows: list[Row]) -> list[Summary]:
-    out = []
-    for ds in sorted({r.dataset for r in rows}):
-        for m in [m for m in METHODS if any(r.method == m and r.dataset == ds for r in rows)]:
-            rs = [r for r in rows if r.dataset == ds and r.method == m]
-            by_ref: dict[str, list[Row]] = {}
-            for r in rs:
-                by_ref.setdefault(r.reference, []).append(r)
-            d = [100 * np.mean([r.dice for r in v]) for v in by_ref.values()]
-            j = [100 * np.mean([r.iou for r in v]) for v in by_ref.values()]
-            out.append(Summary(ds, m, float(np.mean(d)), _sd(d), float(np.mean(j)), _sd(j),
-                               float(np.mean([r.seconds for r in rs])), len({r.target for r in rs}),
-                               len(by_ref) if METHODS[m][0] else 0))
-    return out
-
-
-def format_table(summary: list[Summary]) -> str:
-    """Markdown: ``method | mDSC | mIoU | s/img | n`` per dataset."""
-    def pm(v, sd):
-        return f"{v:.1f}" if not np.isfinite(sd) else f"{v:.1f} ± {sd:.1f}"
-
-    lines = []
-    for ds in dict.fromkeys(s.dataset for s in summary):
-        lines += [f"**{ds}**", "", "| method | mDSC | mIoU | s/img | n |", "|---|---|---|---|---|"]
-        for s in [s for s in summary if s.dataset == ds]:
-            lines.append(f"| {s.method} | {pm(s.mdsc, s.mdsc_sd)} | {pm(s.miou, s.miou_sd)} | "
-                         f"{s.s_per_img:.2f} | {s.n} |")
-        lines.append("")
-    return "\n".join(lines)
+            out = METHODS[m].run(job, rj)
+            self.cache.put(Row(t.dataset, m, r.id if r else "-", t.id, dice(out.mask, job.gt), iou(out.mask, job.gt),
+                               out.shared_s + time.perf_counter() - t1, int(out.n_prompts), int(out.n_kept),
+                               keys[(m, r.id if r else "-")]))
 
 
 def _git_commit() -> str:
@@ -513,60 +293,6 @@ def _git_commit() -> str:
                               cwd=Path(__file__).parent).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-def write_outputs(out: Path, rows: list[Row], summary: list[Summary], run_info: dict) -> None:
-    """per_image.csv, summary.csv, summary.md and run.json, each written atomically."""
-    import csv
-    import io
-
-    from ppd.io import atomic_write
-
-    def text(path: Path, body: str) -> None:
-        atomic_write(path, lambda tmp: tmp.write_text(body))
-
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["dataset", "method", "reference", "target", "dice", "iou", "seconds", "n_prompts", "n_kept"])
-    for r in rows:
-        w.writerow([r.dataset, r.method, r.reference, r.target, f"{r.dice:.5f}", f"{r.iou:.5f}",
-                    f"{r.seconds:.4f}", r.n_prompts, r.n_kept])
-    text(out / "per_image.csv", buf.getvalue())
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["dataset", "method", "mDSC", "mDSC_sd", "mIoU", "mIoU_sd", "s_per_img", "n", "n_refs"])
-    for s in summary:
-        w.writerow([s.dataset, s.method, f"{s.mdsc:.3f}", f"{s.mdsc_sd:.3f}", f"{s.miou:.3f}", f"{s.miou_sd:.3f}",
-                    f"{s.s_per_img:.4f}", s.n, s.n_refs])
-    text(out / "summary.csv", buf.getvalue())
-    text(out / "summary.md", format_table(summary) + "\n")
-    text(out / "run.json", json.dumps(run_info, indent=1) + "\n")
-
-
-def read_base(base: str | os.PathLike, dataset: str, split: str, refs: list[str], targets: list[str],
-              cfg: EvalConfig, skip: list[str]) -> tuple[list[Row], dict]:
-    """Rows of an earlier ``ppd eval`` output folder for the methods not in ``skip``, after checking that
-    it used the same dataset, split, references, targets and settings (else :class:`ConfigError`)."""
-    import csv
-
-    base = Path(base)
-    try:
-        info = json.loads((base / "run.json").read_text())
-        with open(base / "per_image.csv", newline="") as f:
-            raw = list(csv.DictReader(f))
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"--base {base}: not a readable ppd eval output ({type(e).__name__}: {e})") from None
-    same = {"dataset": (info.get("dataset"), dataset), "split": (info.get("split"), split),
-            "references": (info.get("references"), refs), "config": (info.get("config"), config_key(cfg)),
-            "targets": (sorted({r["target"] for r in raw}), sorted(targets))}
-    diff = [k for k, (a, b) in same.items() if a != b]
-    if diff:
-        raise ConfigError(f"--base {base} was run with other {', '.join(diff)}; its rows cannot be combined")
-    rows = [Row(r["dataset"], r["method"], r["reference"], r["target"], float(r["dice"]), float(r["iou"]),
-                float(r["seconds"]), int(r["n_prompts"]), int(r["n_kept"])) for r in raw if r["method"] not in skip]
-    taken = list(dict.fromkeys(r.method for r in rows))
-    return rows, {"dir": str(base), "git_commit": info.get("git_commit"), "methods": taken,
-                  "hashes": info.get("hashes")}
 
 
 def run(data_root=None, dataset: str | None = None, split: str = "eval", methods: list[str] | None = None,
@@ -594,7 +320,7 @@ def run(data_root=None, dataset: str | None = None, split: str = "eval", methods
     for flag, v in (("--references", references), ("--limit", limit), ("-k", cfg.k)):
         if v is not None and v < 1:
             raise ConfigError(f"{flag} must be at least 1, got {v}")
-    if any(METHODS[m][1] and METHODS[m][0] for m in methods):  # fm-ppd / fm-random refine k-means sets
+    if any(METHODS[m].defender and METHODS[m].reference for m in methods):  # fm-ppd / fm-random refine k-means sets
         from ppd.prompts import check_k
         from ppd.refine import load_agent
 
@@ -610,8 +336,8 @@ def run(data_root=None, dataset: str | None = None, split: str = "eval", methods
     if not samples:
         raise DataError(f"no {split} images of dataset {dataset!r} (have: {', '.join(names) or 'none'})")
     refs, targets = select(samples, references, reference_id, limit, cfg.seed)
-    base_rows, base_info = (read_base(base, dataset, split, [r.id for r in refs], [t.id for t in targets], cfg,
-                                      methods) if base is not None else ([], None))
+    base_rows, base_info = (read_base(base, dataset, split, [r.id for r in refs], [t.id for t in targets],
+                                      config_key(cfg), methods) if base is not None else ([], None))
     from ppd.io import OutputDir
 
     out = OutputDir(out_dir) if out_dir is not None else None  # checked now, created when written

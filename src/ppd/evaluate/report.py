@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ppd.evaluate.harness import METHODS, TRAINING_FREE
+from ppd.evaluate.methods import METHODS, TRAINING_FREE
 
 #: PAPER.md, "Published results" (mean Dice %, SAM ViT-L-class + DINO features, V100).
 PAPER = {"VOC": {"PerSAM": 51.4, "GBMSeg": 56.7, "FM": 41.3, "FM-PPD": 73.0},
@@ -93,20 +93,21 @@ def _overlays(results: Path, datasets: dict[str, dict], per: int = 2) -> list[tu
 
     from ppd import data
     from ppd.io import atomic_write
-    from ppd.oneshot import FeatureMatcher, kmeans_thin
+    from ppd.oneshot import OneShot
     from ppd.refine import Defender
     from ppd.sam import Segmenter
     from ppd.viz import overlay
 
     seg = Segmenter()
     dfd = Defender(segmenter=seg)
-    fm = FeatureMatcher(seg)
     out_dir = results / "overlays"
     out_dir.mkdir(exist_ok=True)
     made = []
     for ds, info in datasets.items():
         run = info["run"]
-        fm.cycle = bool(run["config"].get("cycle", False))  # the start sets the run was scored on
+        # the start sets the run was scored on
+        pipe = OneShot(seg, dfd, k=run["config"]["k"], cycle=bool(run["config"].get("cycle", False)),
+                       seed=run["config"]["seed"])
         root = Path(run["data_root"])
         samples = {s.id: s for s in data.load_dataset(root, dataset=ds, split=run["split"])}
         ref = samples[run["references"][0]]
@@ -115,16 +116,14 @@ def _overlays(results: Path, datasets: dict[str, dict], per: int = 2) -> list[tu
         pp = {r["target"]: float(r["dice"]) for r in rows if r["method"] == "fm-ppd"}
         gains = sorted(km, key=lambda t: pp[t] - km[t])
         picks = list(dict.fromkeys(gains[-per:][::-1] + gains[:1]))
-        fm.set_reference(ref.image(), ref.mask())
+        pipe.set_reference(ref.image(), ref.mask())
         for t in picks:
             s = samples[t]
             image = s.image()
-            cand = fm.match(image)
-            idx = kmeans_thin(cand.points, cand.labels, run["config"]["k"], seed=run["config"]["seed"])
-            pts, labs = cand.points[idx], cand.labels[idx]
-            dfd.set_image(image)
-            res = dfd.refine(pts, labs)
-            before = seg.predict(pts, labs).mask
+            frame = seg.frame(image)
+            one = pipe.run(frame)
+            res, pts, labs = one.refined, one.proposal.points, one.proposal.labels
+            before = seg.decode(frame, pts, labs).mask
             k = res.kept
             left = overlay(image, before, pts, labs)
             right = overlay(image, res.mask, pts[k], labs[k], pts[~k], labs[~k])

@@ -42,7 +42,7 @@ from ppd.game.bank import ImageBank
 from ppd.game.memo import DecodeMemo, Outcome
 from ppd.game.objects import WHOLE, ObjectConfig
 from ppd.game.observation import N_CONTEXT, N_SLOT_FEATURES, Episode, State, decode_columns, geometry
-from ppd.graph import Reference
+from ppd.graph import Reference, decode_summary
 from ppd.prompts import IdealConfig, PoolConfig, PromptSet, attack_pool, ideal_prompts
 
 ROLES = ("attacker", "defender")
@@ -106,8 +106,8 @@ class Arena:
         self._layouts: dict[tuple[int, int], tuple[PromptSet, np.ndarray]] = {}
         self._refs: dict[int, Reference] = {}
         by_ds: dict[str, list[int]] = {}
-        for i, im in enumerate(bank.images):
-            by_ds.setdefault(im.sample.dataset, []).append(i)
+        for i, s in enumerate(bank.samples):
+            by_ds.setdefault(s.dataset, []).append(i)
         self.by_dataset = by_ds
         w = np.array([cfg.dataset_weights.get(d, 0.0) for d in by_ds], float)
         if w.sum() <= 0:  # none of the weighted datasets: uniform over datasets
@@ -120,12 +120,12 @@ class Arena:
         """Image ``j``'s whole mask as a one-shot reference (cached; its node features are the graph's)."""
         ref = self._refs.get(j)
         if ref is None:
-            ref = self._refs[j] = Reference.from_mask(self.bank.images[j].graph, self.bank.objects(j).mask(WHOLE))
+            ref = self._refs[j] = Reference.from_mask(self.bank.graphs[j], self.bank.objects(j).mask(WHOLE))
         return ref
 
     def sample_reference(self, i: int, rng: np.random.Generator) -> int | None:
         """Another image of image ``i``'s dataset with probability ``ref_prob``, else None."""
-        others = [j for j in self.by_dataset[self.bank.images[i].sample.dataset] if j != i]
+        others = [j for j in self.by_dataset[self.bank.samples[i].dataset] if j != i]
         if not others or rng.random() >= self.cfg.ref_prob:
             return None
         return int(rng.choice(others))
@@ -150,12 +150,12 @@ class Arena:
         key = (i, k)
         if key not in self._layouts:
             cfg = self.cfg
-            seed = int.from_bytes(hashlib.sha256(f"{cfg.layout_seed}|{self.bank.images[i].sha}|{k}".encode())
+            seed = int.from_bytes(hashlib.sha256(f"{cfg.layout_seed}|{self.bank.images[i].image_sha256}|{k}".encode())
                                   .digest()[:8], "little")
             rng = np.random.default_rng(seed)
             mask = self.bank.objects(i).mask(k)
             ideal = ideal_prompts(mask, rng, cfg.ideal)
-            g = self.bank.images[i].graph
+            g = self.bank.graphs[i]
             pool = attack_pool(mask, ideal, rng, cfg.pool, g.feats, g.centers)
             pool_real = len(pool)
             # twins point at ideal rows, which follow the padded pool
@@ -186,7 +186,7 @@ class Arena:
         if out is not None and all(p in out.logit_at for p in wanted):
             return out, True
         im = self.bank.images[i]
-        g = im.graph
+        g = self.bank.graphs[i]
         if len(pts) == 0:  # no prompt: SAM is not asked, the mask is empty
             logits = None
             iou = 0.0
@@ -200,7 +200,7 @@ class Arena:
             gt = self.bank.soft_gt(i, k)
             den = mask.sum() + gt.sum()
             dice = float(2.0 * gt[mask].sum() / den) if den > 0 else 1.0
-        node_frac, fresh = decode_summary(logits, mask, g, im.lowres_scale(), wanted)
+        node_frac, fresh = decode_summary(logits, mask, g, im.lowres_scale, wanted)
         logit_at = (dict(out.logit_at) if out is not None else {}) | fresh
         res = Outcome(dice=dice, iou=float(iou), node_frac=node_frac, logit_at=logit_at)
         self.memo.put(key, res)
@@ -293,7 +293,7 @@ class PromptGame(gym.Env):
         self.reference = (opts["reference"] if "reference" in opts
                           else self.arena.sample_reference(self.image, rng))
         self.t = 0
-        self.graph = self.arena.bank.images[self.image].graph
+        self.graph = self.arena.bank.graphs[self.image]
         ref = None if self.reference is None else self.arena.reference(int(self.reference))
         self.episode = Episode(self.image, self.graph.feats, geometry(self.graph, self.prompts, ref),
                                self.prompts.labels.copy(), self.valid.copy(), self.horizon, cfg.max_steps)
@@ -346,22 +346,6 @@ class PromptGame(gym.Env):
             real[self.stop_action] = False
         terminated = self.t >= self.horizon or not real.any()
         return self._obs(), reward, bool(terminated), False, self._info()
-
-
-def decode_summary(logits, mask: np.ndarray, graph, scale: np.ndarray,
-                   points: list[tuple[float, float]]) -> tuple[np.ndarray, dict]:
-    """What observations read from a decode: the mask share of each graph node (0..255)
-    and the low-res logit at each point (-20 where there was no decode: empty mask)."""
-    f = 256 // graph.grid
-    frac = mask.reshape(graph.grid, f, graph.grid, f).mean((1, 3))[graph.cell[:, 0], graph.cell[:, 1]]
-    node_frac = np.round(frac * 255).astype(np.uint8)
-    logit_at = {}
-    for (x, y) in points:
-        if logits is None:
-            logit_at[(x, y)] = -20.0
-        else:
-            logit_at[(x, y)] = float(logits[min(int(y * scale[1]), 255), min(int(x * scale[0]), 255)])
-    return node_frac, logit_at
 
 
 def attack_mask(prompts: PromptSet, valid: np.ndarray, n: int) -> np.ndarray:

@@ -3,6 +3,7 @@
 from ppd.errors import ImageNotSetError
 from ppd.sam.cache import EmbeddingCache
 from ppd.sam.checkpoint import MOBILE_SAM_SHA256, load_mobile_sam, resolve_checkpoint
+from ppd.sam.frame import Frame
 from ppd.sam.segmenter import (
     LowResPrediction,
     PatchFeatures,
@@ -14,6 +15,7 @@ from ppd.sam.segmenter import (
 __all__ = [
     "MOBILE_SAM_SHA256",
     "EmbeddingCache",
+    "Frame",
     "ImageNotSetError",
     "LowResPrediction",
     "PatchFeatures",

