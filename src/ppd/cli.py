@@ -119,13 +119,17 @@ def _demo_oneshot(args) -> int:
             return read_mask(p) if mask else read_image(p)
 
     seg = _segmenter(args)
+    opts = {"k": args.k, "cycle": args.cycle, "instances": args.instances}
     pipe = OneShot(seg, Defender(load_agent(args.defender, "defender"), segmenter=seg, **_defender_opts(args)),
-                   k=args.k, cycle=args.cycle)
+                   **opts)
+    plain = OneShot(seg, None, **opts)  # the same start sets and mode, no defender: the "before" column
     print(f"{'target':10s} {'FM':>5s} {'k-means':>7s} {'kept':>4s} {'Dice FM-kmeans':>14s} {'Dice FM-PPD':>11s} "
           f"{'time':>6s}  overlay")
     for g in json.loads((root / "groups.json").read_text()):
-        print(f"-- {g['name']}: reference {g['ref']} (masks: {g['masks']})")
-        pipe.set_reference(load(g["ref"]), load(g["ref_mask"], mask=True))
+        ref = pipe.set_reference(load(g["ref"]), load(g["ref_mask"], mask=True))
+        plain.set_reference(ref.frame, ref.mask)
+        print(f"-- {g['name']}: reference {g['ref']} (masks: {g['masks']}; "
+              f"{MODE_NOTE[pipe.mode]})")
         for tname, mname in zip(g["targets"], g["target_masks"], strict=True):
             image, gt = load(tname), load(mname, mask=True)
             t0 = time.perf_counter()
@@ -133,7 +137,7 @@ def _demo_oneshot(args) -> int:
             out1 = pipe.run(frame)
             dt = time.perf_counter() - t0
             res, prop = out1.refined, out1.proposal
-            base = seg.decode(frame, prop.points, prop.labels).mask
+            base = plain.run(frame, prop).mask
             stem = Path(tname).stem
             _write_refined(out, stem, image, res)
             print(f"{stem:10s} {len(prop.candidates):>5d} {len(prop.index):>7d} {int(res.kept.sum()):>4d} "
@@ -331,9 +335,11 @@ def cmd_oneshot(args) -> int:
     _say("loading SAM ...")
     seg = _segmenter(args)
     pipe = OneShot(seg, None if agent is None else Defender(agent, segmenter=seg, **opts), k=args.k,
-                   cycle=args.cycle, seed=args.seed)
+                   cycle=args.cycle, seed=args.seed, instances=args.instances)
     _say("embedding the reference ...")
     pipe.set_reference(ref, ref_mask)
+    if pipe.mode != "single":
+        _say(f"the reference holds several objects: {MODE_NOTE[pipe.mode]} (--instances)")
     bar = tqdm(list(zip(targets, stems, strict=True)), desc="targets", disable=len(targets) < 2)
     with out:
         for (path, image), stem in bar:
@@ -449,6 +455,18 @@ def cmd_data(args) -> int:
     return 0
 
 
+MODE_NOTE = {"single": "one object: one SAM mask", "many": "many objects: 32 prompts per class, one SAM mask",
+             "union": "one SAM mask per kept positive, their union"}
+
+
+def instances_opt(sp) -> None:
+    sp.add_argument("--instances", choices=["auto", "single", "many", "union"], default="auto",
+                    help="single: -k prompts per class, one SAM mask; many: a denser start set (at least 32 per "
+                         "class), one SAM mask, for 'all nuclei' references; union: one SAM mask per kept "
+                         "positive, their union; auto (default): many when the reference mask holds 3 or more "
+                         "separate objects, else single")
+
+
 def cycle_opt(sp) -> None:
     """--cycle / --no-cycle: the one-shot start set's matching (default: ppd.oneshot.CYCLE)."""
     sp.add_argument("--cycle", action=argparse.BooleanOptionalAction, default=None,
@@ -497,6 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--defender-opt", action="append", metavar="KEY=VALUE", help=DEFENDER_OPT_HELP)
     d.add_argument("-k", type=int, default=10, help="prompts kept per class by k-means (default 10)")
     cycle_opt(d)
+    instances_opt(d)
     sam_opts(d)
     d.set_defaults(func=cmd_demo)
 
@@ -538,6 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--defender-opt", action="append", metavar="KEY=VALUE", help=DEFENDER_OPT_HELP)
     o.add_argument("-k", type=int, default=10, help="prompts kept per class by k-means (default 10)")
     cycle_opt(o)
+    instances_opt(o)
     o.add_argument("--seed", type=int, default=0)
     sam_opts(o)
     o.set_defaults(func=cmd_oneshot)

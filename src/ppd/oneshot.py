@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from ppd.errors import ConfigError, ImageNotSetError, InvalidPromptError
 from ppd.graph import Reference
+from ppd.instances import resolve_mode, start_k, union_of_instances
 from ppd.io import check_image_array, check_reference_mask
 from ppd.prompts import check_k
 from ppd.refine import Defender, RefineResult
@@ -149,6 +150,7 @@ def propose(ref: OneShotReference, target: Frame, k: int = 10, cycle: bool | Non
 class OneShotResult:
     proposal: Proposal
     refined: RefineResult  # over the start set: kept / suppressed, final mask (all kept without a defender)
+    mode: str = "single"  # ppd.instances mode: "single", "many" (K >= 32) or "union" (one mask per positive)
 
     @property
     def mask(self) -> np.ndarray:
@@ -163,12 +165,20 @@ class OneShot:
     trainer's one-shot start sets all go through :func:`propose` / this class."""
 
     def __init__(self, segmenter: Segmenter, defender: Defender | None = None, k: int = 10,
-                 cycle: bool | None = None, seed: int = 0) -> None:
-        check_k(k, None if defender is None else defender.agent.rows)
+                 cycle: bool | None = None, seed: int = 0, instances: str = "auto") -> None:
+        """``instances`` (:mod:`ppd.instances`): ``single`` (K as given, one SAM mask), ``many`` (a denser
+        start set, K >= 32, one SAM mask: for "all nuclei" references), ``union`` (one SAM mask per kept
+        positive, their union) or ``auto`` (``many`` when the reference mask holds several separate
+        objects, else ``single``)."""
+        rows = None if defender is None else defender.agent.rows
+        check_k(k, rows)
+        if resolve_mode(instances, np.zeros((1, 1), bool)) == "many":
+            check_k(start_k("many", k), rows)
         self.seg, self.defender = segmenter, defender
-        self.k, self.seed = k, seed
+        self.k, self.seed, self.instances = k, seed, instances
         self.cycle = CYCLE if cycle is None else bool(cycle)
         self.ref: OneShotReference | None = None
+        self.mode = "single"  # the mode resolved for the current reference
 
     def frame(self, image: np.ndarray | Frame) -> Frame:
         return image if isinstance(image, Frame) else self.seg.frame(image)
@@ -177,6 +187,7 @@ class OneShot:
         if not isinstance(image, Frame):
             mask = check_reference_mask(mask, check_image_array(image))
         self.ref = OneShotReference.make(self.frame(image), mask)
+        self.mode = resolve_mode(self.instances, self.ref.mask)
         return self.ref
 
     def _need_reference(self) -> OneShotReference:
@@ -185,7 +196,7 @@ class OneShot:
         return self.ref
 
     def propose(self, target: np.ndarray | Frame) -> Proposal:
-        return propose(self._need_reference(), self.frame(target), self.k, self.cycle, self.seed)
+        return propose(self._need_reference(), self.frame(target), start_k(self.mode, self.k), self.cycle, self.seed)
 
     def run(self, target: np.ndarray | Frame, proposal: Proposal | None = None) -> OneShotResult:
         """The final mask on ``target`` (and every step that led to it). An empty start set is an error."""
@@ -201,7 +212,9 @@ class OneShot:
         else:
             ref = self.ref.graph_reference(self.defender.config.graph_grid)
             res = self.defender.refine_frame(frame, pts, labs, reference=ref)
-        return OneShotResult(prop, res)
+        if self.mode == "union" and (labs[res.kept] == 1).any():
+            res.mask, _ = union_of_instances(self.seg, frame, pts[res.kept], labs[res.kept])
+        return OneShotResult(prop, res, self.mode)
 
 
 class FeatureMatcher:

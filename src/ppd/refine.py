@@ -40,8 +40,12 @@ from ppd.prompts import PromptSet, check_prompt_count
 from ppd.sam import Frame, Segmenter
 
 
-def load_agent(spec: str | Path | None, role: str, like: DQNAgent | None = None, seed: int = 0) -> DQNAgent:
-    """``None`` = the shipped agent; ``"untrained"`` = a randomly initialised one; else a checkpoint path."""
+def load_agent(spec: DQNAgent | str | Path | None, role: str, like: DQNAgent | None = None,
+               seed: int = 0) -> DQNAgent:
+    """``None`` = the shipped agent; ``"untrained"`` = a randomly initialised one (seeded, shaped like
+    ``like`` or the shipped one); a DQNAgent is returned as it is; else a checkpoint path."""
+    if isinstance(spec, DQNAgent):
+        return spec
     if spec is None:
         return DQNAgent.load(shipped_agent_path(role), expect_role=role)
     if str(spec) == "untrained":

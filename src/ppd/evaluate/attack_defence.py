@@ -1,20 +1,23 @@
 """Evidence that the agents learned: ideal -> attacked -> defended, on unseen images.
 
-For every object of the chosen images (ECSSD: the whole mask; DSB2018: up to
-``nuclei_per_image`` seeded nuclei; ISBI2012: as many cells), with the game's
-fixed per-object ideal prompts and attack pool:
+The ``ppd eval`` harness's ``ideal-attacked*`` methods, scored per object: ECSSD,
+Kvasir, PH2 the whole mask; DSB2018 up to ``nuclei_per_image`` seeded nuclei;
+ISBI2012 as many cells. With the game's fixed per-object ideal prompts and attack pool:
 
 * ``ideal``      the ideal prompts;
 * ``attacked``   after ``attack_steps`` greedy moves of the attacker (= doing nothing);
-* ``defended``   the attacked set refined by the defender (``ppd.refine``, its own
-                 stopping rule, no ground truth);
-* ``random``     the attacked set minus as many random prompts as the defender removed;
-* ``untrained``  the attacked set refined by a randomly initialised defender;
+* ``defended``   the attacked set refined by the defender (its own settings, no reference,
+                 no ground truth);
+* ``random``     the attacked set minus as many random prompts as the defender removed,
+                 keeping one prompt of each given class as the defender does
+                 (``baselines.random_removal``, the one notion of random removal);
+* ``untrained``  the attacked set refined by a randomly initialised defender with the
+                 defender's settings;
 * ``oracle``     GT-guided greedy removal (the best single removal while it helps):
-                 a strong GT-informed reference, not an upper bound (greedy
-                 can stop in a local optimum).
+                 a strong GT-informed reference, not an upper bound.
 
-Dice is computed at the original resolution from SAM's float32 full path.
+Dice is computed at the original resolution from SAM's float32 full path. Rows are
+cached with every other ``ppd eval`` row (whole-mask rows are the same rows).
 """
 
 from __future__ import annotations
@@ -23,33 +26,31 @@ import csv
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ppd.agents import DQNAgent
-from ppd.evaluate.baselines import greedy_oracle
-from ppd.game import Arena, GameConfig, ImageBank, PromptGame
-from ppd.metrics import dice
+from ppd.game.objects import WHOLE, ObjectSource
 from ppd.prompts import PromptSet
-from ppd.refine import Defender
 
-METHODS = ("ideal", "attacked", "defended", "random", "untrained", "oracle")
+if TYPE_CHECKING:
+    from ppd.game import PromptGame
+
+#: column -> harness method
+METHODS = {"ideal": "ideal", "attacked": "ideal-attacked", "defended": "ideal-attacked-defended",
+           "random": "ideal-attacked-random", "untrained": "ideal-attacked-untrained",
+           "oracle": "ideal-attacked-oracle"}
 
 
 @dataclass
 class ObjectResult:
     dataset: str
     image: str
-    obj: int
+    obj: int  # -1: the whole mask
     dice: dict[str, float]
     removed: int
     n_attacked: int
-
-
-def _full_dice(seg, frame, pts, labs, gt) -> float:
-    if len(pts) == 0:
-        return dice(np.zeros_like(gt), gt)
-    return dice(seg.decode(frame, pts, labs).mask, gt)
 
 
 def attack(env: PromptGame, attacker: DQNAgent, i: int, k: int, steps: int) -> tuple[PromptSet, PromptSet]:
@@ -63,49 +64,41 @@ def attack(env: PromptGame, attacker: DQNAgent, i: int, k: int, steps: int) -> t
     return ideal, env.prompts.subset(np.nonzero(env.prompts.active & env.valid)[0])
 
 
-def evaluate(samples, attacker: DQNAgent, defender: DQNAgent, segmenter, attack_steps: int = 8,
-             nuclei_per_image: int = 5, seed: int = 0, out_csv: str | Path | None = None,
-             progress: bool = True, oracle: bool = True, myopic: bool = False) -> list[ObjectResult]:
-    from tqdm.auto import tqdm
-
-    cfg = GameConfig()
-    bank = ImageBank(segmenter, samples, graph_grid=cfg.graph_grid, knn=cfg.knn, objects=cfg.objects,
-                     progress=progress)
-    arena = Arena(bank, cfg)
-    env = PromptGame(arena, "attacker", seed=seed, strict=True)
-    dfd = Defender(defender, segmenter=segmenter, graph_grid=cfg.graph_grid, knn=cfg.knn, myopic=myopic)
-    untrained = Defender(DQNAgent(defender.role, defender.rows, defender.n_actions, defender.n_slot,
-                                  defender.n_ctx, stop=defender.stop, cfg=defender.cfg, seed=seed, buffer=False,
-                                  features=defender.features),
-                         segmenter=segmenter, graph_grid=cfg.graph_grid, knn=cfg.knn, myopic=myopic)
+def pick_objects(samples, nuclei_per_image: int = 5, seed: int = 0) -> dict[str, list[int]]:
+    """``DATASET/ID`` -> objects scored: the whole mask where it is the only object, else a seeded choice."""
     rng = np.random.default_rng(seed)
-    targets = []
-    for i in range(len(bank)):
-        n = len(bank.objects(i))
-        ks = [0] if n == 1 else sorted(rng.choice(n, min(nuclei_per_image, n), replace=False).tolist())
-        targets += [(i, k) for k in ks]
-    results = []
-    for i, k in tqdm(targets, desc="objects", disable=not progress):
-        frame, sample = bank.images[i], bank.samples[i]
-        gt = bank.objects(i).mask(k)
-        ideal, att = attack(env, attacker, i, k, attack_steps)
-        seg = segmenter
-        r = dfd.refine_frame(frame, att.points, att.labels)
-        ru = untrained.refine_frame(frame, att.points, att.labels)
-        n_rm = len(r.order)
-        keep = np.ones(len(att), bool)
-        if n_rm:
-            keep[rng.choice(len(att), min(n_rm, len(att) - 1), replace=False)] = False
-        d = {"ideal": _full_dice(seg, frame, ideal.points, ideal.labels, gt),
-             "attacked": _full_dice(seg, frame, att.points, att.labels, gt),
-             "defended": dice(r.mask, gt), "random": _full_dice(seg, frame, att.points[keep], att.labels[keep], gt),
-             "untrained": dice(ru.mask, gt)}
-        if oracle:
-            ko = greedy_oracle(seg, frame, att.points, att.labels, gt, 15)
-            d["oracle"] = _full_dice(seg, frame, att.points[ko], att.labels[ko], gt)
+    out = {}
+    for s in samples:
+        src = ObjectSource(s)
+        n = len(src)
+        if n == 1 and np.array_equal(src.mask(0), src.mask(WHOLE)):
+            ks = [WHOLE]
         else:
-            d["oracle"] = float("nan")
-        results.append(ObjectResult(sample.dataset, sample.id, k, d, n_rm, len(att)))
+            ks = [0] if n == 1 else sorted(rng.choice(n, min(nuclei_per_image, n), replace=False).tolist())
+        out[f"{s.dataset}/{s.id}"] = ks
+    return out
+
+
+def evaluate(samples, attacker: DQNAgent | str | None, defender: DQNAgent | str | None, segmenter,
+             attack_steps: int = 8, nuclei_per_image: int = 5, seed: int = 0, out_csv: str | Path | None = None,
+             progress: bool = True, oracle: bool = True, cache=None) -> list[ObjectResult]:
+    """Every object's Dice per column of :data:`METHODS`, through :class:`ppd.evaluate.harness.Harness`."""
+    from ppd.evaluate.harness import EvalConfig, Harness, ResultCache
+
+    cols = [c for c in METHODS if oracle or c != "oracle"]
+    h = Harness(segmenter, [METHODS[c] for c in cols], EvalConfig(seed=seed, attack_steps=attack_steps),
+                defender=defender, attacker=attacker, cache=cache or ResultCache(None))
+    rows = h.run([], list(samples), progress=progress, objects=pick_objects(samples, nuclei_per_image, seed))
+    by: dict[tuple[str, str], dict[str, object]] = {}
+    for r in rows:
+        by.setdefault((r.dataset, r.target), {})[r.method] = r
+    results = []
+    for (ds, name), got in by.items():
+        image, _, obj = name.partition("#")
+        d = got[METHODS["defended"]]
+        results.append(ObjectResult(ds, image, int(obj) if obj else WHOLE,
+                                    {c: got[METHODS[c]].dice if c in cols else float("nan") for c in METHODS},
+                                    d.n_prompts - d.n_kept, d.n_prompts))
     if out_csv:
         with open(out_csv, "w", newline="") as f:
             w = csv.writer(f)
@@ -137,7 +130,6 @@ def run(data_root=None, split: str = "val", attacker=None, defender=None, attack
         out_dir: str | None = None, cache_dir=None, limit: int | None = None, datasets: str | None = None,
         oracle: bool = True) -> str:
     from ppd import data
-    from ppd.refine import load_agent
     from ppd.sam import Segmenter
 
     samples = data.load_dataset(data_root, split=split)
@@ -151,14 +143,17 @@ def run(data_root=None, split: str = "val", attacker=None, defender=None, attack
             idx = sorted(rng.choice(len(rows), min(limit, len(rows)), replace=False))
             picked += [rows[i] for i in idx]
         samples = picked
-    att = load_agent(attacker, "attacker")
-    dfd = load_agent(defender, "defender", seed=seed)
+    from ppd.evaluate.harness import ResultCache
+    from ppd.sam.cache import default_cache_dir
+
     seg = Segmenter(cache_dir=cache_dir)
     t0 = time.perf_counter()
     out_csv = Path(out_dir) / "attack_defence.csv" if out_dir else None
     if out_dir:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-    res = evaluate(samples, att, dfd, seg, attack_steps=attack_steps, seed=seed, out_csv=out_csv, oracle=oracle)
+    cache = ResultCache(Path(cache_dir or default_cache_dir()) / "eval" / "results.jsonl")
+    res = evaluate(samples, attacker, defender, seg, attack_steps=attack_steps, seed=seed, out_csv=out_csv,
+                   oracle=oracle, cache=cache)
     table = summarize(res)
     text = (f"split {split}, {len(samples)} images, attacker T = {attack_steps}, seed {seed}, "
             f"{time.perf_counter() - t0:.0f} s\n\n{table}\n")

@@ -34,8 +34,9 @@ import numpy as np
 
 from ppd.data import Sample
 from ppd.errors import ConfigError, DataError
-from ppd.evaluate.methods import METHODS, TRAINING_FREE, RefJob, TargetJob  # noqa: F401  (re-exported)
+from ppd.evaluate.methods import METHODS, TRAINING_FREE, RefJob, TargetJob, target_name  # noqa: F401
 from ppd.evaluate.tables import Row, Summary, format_table, read_base, summarize, write_outputs  # noqa: F401
+from ppd.game.objects import WHOLE, ObjectConfig, ObjectSource
 from ppd.io import file_sha256
 from ppd.metrics import dice, iou
 
@@ -130,7 +131,12 @@ def agent_sha(spec, role: str, overrides: dict | None = None) -> str:
     from ppd.agents.dqn import shipped_agent_path
 
     h = hashlib.sha256()
-    if spec is not None and str(spec) == "untrained":
+    if hasattr(spec, "q"):  # an agent in memory: its configuration and weights
+        h.update(json.dumps(spec.config_dict(), sort_keys=True).encode())
+        for k, v in sorted(spec.q.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().contiguous().numpy().tobytes())
+    elif spec is not None and str(spec) == "untrained":
         h.update(b"untrained")
     else:
         base = shipped_agent_path(role) if spec is None else Path(spec).with_suffix("")
@@ -171,7 +177,7 @@ class Agents:
     def __init__(self, segmenter, defender=None, attacker=None, defender_opts: dict | None = None,
                  seed: int = 0) -> None:
         self.seg, self.specs, self.opts, self.seed = segmenter, (defender, attacker), dict(defender_opts or {}), seed
-        self._defender = self._attacker = None
+        self._defender = self._attacker = self._untrained = None
 
     @property
     def defender(self):
@@ -181,6 +187,16 @@ class Agents:
             self._defender = Defender(load_agent(self.specs[0], "defender", seed=self.seed), segmenter=self.seg,
                                       **self.opts)
         return self._defender
+
+    @property
+    def untrained(self):
+        """A randomly initialised defender shaped like the evaluated one (seeded), its settings alike."""
+        if self._untrained is None:
+            from ppd.refine import Defender, load_agent
+
+            self._untrained = Defender(load_agent("untrained", "defender", like=self.defender.agent, seed=self.seed),
+                                       segmenter=self.seg, config=self.defender.config)
+        return self._untrained
 
     @property
     def attacker(self):
@@ -208,6 +224,8 @@ class Harness:
         self.hashes = {"sam": segmenter.model_sha256,
                        "defender": agent_sha(defender, "defender", self.defender_opts) if uses_d else None,
                        "attacker": agent_sha(attacker, "attacker") if uses_a else None}
+        if "ideal-attacked-untrained" in methods:  # seeded (the seed is in the key) and shaped like the defender
+            self.hashes["untrained"] = agent_sha("untrained", "defender", self.defender_opts)
         self.agents = Agents(segmenter, defender, attacker, self.defender_opts, cfg.seed)
         self._files: dict[Path, str] = {}
 
@@ -217,24 +235,31 @@ class Harness:
             self._files[path] = file_sha256(path)
         return self._files[path]
 
-    def key(self, method: str, target: Sample, ref: Sample | None) -> str:
+    def key(self, method: str, target: Sample, ref: Sample | None, obj: int = WHOLE) -> str:
         m = METHODS[method]
         uses_a = m.attacker and method != "fm-random"  # fm-random depends on the defender's removal count only
+        defender = self.hashes["untrained" if method == "ideal-attacked-untrained" else "defender"]
         parts = {"method": method, "cfg": config_key(self.cfg), "sam": self.hashes["sam"],
                  "target": [self._sha(target.image_path), self._sha(target.mask_path)],
                  "ref": [self._sha(ref.image_path), self._sha(ref.mask_path)] if ref is not None else None,
-                 "defender": self.hashes["defender"] if m.defender else None,
+                 "defender": defender if m.defender else None,
                  "attacker": self.hashes["attacker"] if uses_a else None}
+        if obj != WHOLE:  # one instance of the mask (keys of whole-mask rows stay as they were)
+            parts["object"] = obj
+            parts["objects"] = asdict(ObjectConfig())
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
-    def _removed(self, target: Sample, method: str, ref: Sample | None) -> int | None:
+    def _removed(self, target: Sample, method: str, ref: Sample | None, obj: int = WHOLE) -> int | None:
         """How many prompts a cached defended row removed (None when it is not cached)."""
-        row = self.cache.get(self.key(method, target, ref))
+        row = self.cache.get(self.key(method, target, ref, obj))
         return None if row is None else row.n_prompts - row.n_kept
 
     # ------------------------------------------------------------------ running
     def run(self, refs: list[Sample], targets: list[Sample], progress: bool = True,
-            on_row: Callable[[Row], None] | None = None) -> list[Row]:
+            on_row: Callable[[Row], None] | None = None, objects: dict[str, list[int]] | None = None) -> list[Row]:
+        """Rows of every method on every target (and reference). ``objects``: per ``DATASET/ID``, the instances
+        (``ppd.game.objects`` indices) to score one by one instead of the whole mask; only methods
+        without a reference take them."""
         from tqdm.auto import tqdm
 
         for s in refs + targets:  # every pair checked before any work (and before the progress bar)
@@ -242,20 +267,24 @@ class Harness:
         order = [m for m in METHODS if m in self.methods]
         jobs = [(m, None) for m in order if not METHODS[m].reference]
         jobs += [(m, r) for r in refs for m in order if METHODS[m].reference]
+        if objects and any(r is not None for _, r in jobs):
+            raise ConfigError("single objects are scored by methods without a reference only")
+        units = [(t, k) for t in targets for k in (objects or {}).get(f"{t.dataset}/{t.id}", [WHOLE])]
         ref_frames: dict = {}  # reference id -> ppd.oneshot.OneShotReference
         rows: list[Row] = []
-        for t in tqdm(targets, desc=f"eval {targets[0].dataset if targets else ''}", unit="img",
-                      disable=not progress):
-            keys = {(m, r.id if r else "-"): self.key(m, t, r) for m, r in jobs}
+        for t, k in tqdm(units, desc=f"eval {targets[0].dataset if targets else ''}", unit="img",
+                         disable=not progress):
+            keys = {(m, r.id if r else "-"): self.key(m, t, r, k) for m, r in jobs}
             todo = [(m, r) for m, r in jobs if self.cache.get(keys[(m, r.id if r else "-")]) is None]
             if todo:
                 for r in {r.id: r for _, r in todo if r is not None}.values():
                     if r.id not in ref_frames:
                         ref_frames[r.id] = self._reference(r)
-                self._target(t, todo, ref_frames, keys)
+                self._target(t, k, todo, ref_frames, keys)
             for m, r in jobs:
                 row = self.cache.rows[keys[(m, r.id if r else "-")]]
-                row = Row(**{**asdict(row), "dataset": t.dataset, "target": t.id, "reference": r.id if r else "-"})
+                row = Row(**{**asdict(row), "dataset": t.dataset, "target": target_name(t.id, k),
+                             "reference": r.id if r else "-"})
                 rows.append(row)
                 if on_row:
                     on_row(row)
@@ -269,9 +298,10 @@ class Harness:
             raise DataError(f"{ref.mask_path}: the reference mask is empty")
         return OneShotReference.make(self.seg.frame(ref.image()), mask)
 
-    def _target(self, t: Sample, todo: list, ref_frames: dict, keys: dict) -> None:
-        job = TargetJob(t, self.seg.frame(t.image()), t.mask(), self.seg, self.cfg, self.agents,
-                        lambda method, ref: self._removed(t, method, ref),
+    def _target(self, t: Sample, k: int, todo: list, ref_frames: dict, keys: dict) -> None:
+        gt = t.mask() if k == WHOLE else ObjectSource(t).mask(k)
+        job = TargetJob(t, self.seg.frame(t.image()), gt, self.seg, self.cfg, self.agents,
+                        lambda method, ref: self._removed(t, method, ref, k), obj=k,
                         wants_attack=any(m.startswith("ideal-attacked") for m, _ in todo))
         ref_jobs: dict[str, RefJob] = {}
         for m, r in todo:
@@ -280,7 +310,7 @@ class Harness:
                 rj = ref_jobs.setdefault(r.id, RefJob(r, ref_frames[r.id], job))
             t1 = time.perf_counter()
             out = METHODS[m].run(job, rj)
-            self.cache.put(Row(t.dataset, m, r.id if r else "-", t.id, dice(out.mask, job.gt), iou(out.mask, job.gt),
+            self.cache.put(Row(t.dataset, m, r.id if r else "-", job.name, dice(out.mask, gt), iou(out.mask, gt),
                                out.shared_s + time.perf_counter() - t1, int(out.n_prompts), int(out.n_kept),
                                keys[(m, r.id if r else "-")]))
 

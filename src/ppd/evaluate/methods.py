@@ -67,9 +67,15 @@ class TargetJob:
     cfg: object  # harness.EvalConfig
     agents: object
     cached_removed: Callable[[str, Sample | None], int | None]
+    obj: int = -1  # the object scored (ppd.game.objects: -1 = the whole mask, else one instance)
     wants_attack: bool = False  # an ideal-attacked* method will run (else only the ideal prompts are made)
     removed: int | None = None  # ideal-attacked-defended's removal count (for ideal-attacked-random)
     _attack: tuple | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        """The target as rows name it: the image id, and ``#K`` for one object of it."""
+        return target_name(self.sample.id, self.obj)
 
     def decode(self, pts, labs, box=None, multimask: bool = False) -> np.ndarray:
         if len(pts) == 0 and box is None:
@@ -77,13 +83,12 @@ class TargetJob:
         return self.seg.decode(self.frame, pts, labs, box=box, multimask=multimask).mask
 
     def attacked(self) -> tuple:
-        """(ideal prompts, attacked set or None, seconds): the game's ideal prompts of the whole mask and,
-        when an attacked method runs, the set after ``attack_steps`` moves of the attacker."""
+        """(ideal prompts, attacked set or None, seconds): the game's ideal prompts of the object and,
+        when an attacked method runs, the set after ``attack_steps`` moves of the attacker (who is shown
+        no reference, as the defender is not)."""
         if self._attack is None:
             from ppd.evaluate.attack_defence import attack
             from ppd.game import Arena, GameConfig, ImageBank, PromptGame
-            from ppd.game.objects import WHOLE
-
             cfg = self.cfg
             gcfg = GameConfig(layout_seed=cfg.seed)
             t0 = time.perf_counter()
@@ -91,12 +96,16 @@ class TargetJob:
                              frames=[self.frame])
             env = PromptGame(Arena(bank, gcfg), "attacker", seed=cfg.seed, strict=True)
             if self.wants_attack:
-                ideal, att = attack(env, self.agents.attacker, 0, WHOLE, cfg.attack_steps)
+                ideal, att = attack(env, self.agents.attacker, 0, self.obj, cfg.attack_steps)
             else:
-                ideal, _, _ = env.arena.attack_layout(0, WHOLE)
+                ideal, _, _ = env.arena.attack_layout(0, self.obj)
                 ideal, att = ideal.subset(np.nonzero(ideal.active)[0]), None
             self._attack = (ideal, att, time.perf_counter() - t0)
         return self._attack
+
+
+def target_name(image_id: str, obj: int = -1) -> str:
+    return image_id if obj == -1 else f"{image_id}#{obj}"
 
 
 def int_hash(text: str) -> int:
@@ -135,13 +144,25 @@ def ideal_attacked_defended(t: TargetJob, r: None) -> Outcome:
     return Outcome(res.mask, len(att), int(res.kept.sum()), setup)
 
 
+def ideal_attacked_untrained(t: TargetJob, r: None) -> Outcome:
+    _, att, setup = t.attacked()
+    res = t.agents.untrained.refine_frame(t.frame, att.points, att.labels, reference=None)
+    return Outcome(res.mask, len(att), int(res.kept.sum()), setup)
+
+
+def ideal_attacked_oracle(t: TargetJob, r: None) -> Outcome:
+    _, att, setup = t.attacked()
+    keep = baselines.greedy_oracle(t.seg, t.frame, att.points, att.labels, t.gt, t.cfg.greedy_max_removals)
+    return Outcome(t.decode(att.points[keep], att.labels[keep]), len(att), int(keep.sum()), setup)
+
+
 def ideal_attacked_random(t: TargetJob, r: None) -> Outcome:
     _, att, setup = t.attacked()
     if t.removed is None:
         t.removed = t.cached_removed("ideal-attacked-defended", None)
     if t.removed is None:
         t.removed = len(att) - int(_defend_attacked(t, att).kept.sum())
-    keep = baselines.random_removal(att.labels, t.removed, np.random.default_rng([t.cfg.seed, int_hash(t.sample.id)]))
+    keep = baselines.random_removal(att.labels, t.removed, np.random.default_rng([t.cfg.seed, int_hash(t.name)]))
     return Outcome(t.decode(att.points[keep], att.labels[keep]), len(att), int(keep.sum()), setup)
 
 
@@ -185,6 +206,30 @@ def fm_random(t: TargetJob, r: RefJob) -> Outcome:
     rng = np.random.default_rng([int_hash(f"{t.cfg.seed}|{t.sample.id}"), int_hash(r.sample.id)])
     keep = baselines.random_removal(labs, r.removed, rng)
     return Outcome(t.decode(pts[keep], labs[keep]), len(pts), int(keep.sum()), p.thin_s)
+
+
+def fm_union(t: TargetJob, r: RefJob) -> Outcome:
+    from ppd.instances import union_of_instances
+
+    p = r.proposal
+    n = len(p.index)
+    if not (p.labels == 1).any():
+        return Outcome(t.decode(p.points, p.labels), n, n, p.thin_s)
+    mask, _ = union_of_instances(t.seg, t.frame, p.points, p.labels)
+    return Outcome(mask, n, n, p.thin_s)
+
+
+def fm_ppd_union(t: TargetJob, r: RefJob) -> Outcome:
+    from ppd.instances import union_of_instances
+
+    p = r.proposal
+    n = len(p.index)
+    if not n:
+        return Outcome(np.zeros_like(t.gt, bool), 0, 0, p.thin_s)
+    res = _defend(t, r)
+    k = res.kept
+    mask = union_of_instances(t.seg, t.frame, p.points[k], p.labels[k])[0] if (p.labels[k] == 1).any() else res.mask
+    return Outcome(mask, n, int(k.sum()), p.thin_s)
 
 
 def fm_gbmseg(t: TargetJob, r: RefJob) -> Outcome:
@@ -238,6 +283,10 @@ METHODS: dict[str, Method] = _registry(
     Method("fm-random", True, True, False, "fm-kmeans minus as many random prompts as the defender removed",
            fm_random),
     Method("fm-gbmseg", True, False, False, "fm-kmeans pruned by GBMSeg-style rules", fm_gbmseg),
+    Method("fm-union", True, False, False, "fm-kmeans, one SAM mask per positive, their union (many objects)",
+           fm_union),
+    Method("fm-ppd-union", True, True, False, "fm-ppd's kept prompts, one SAM mask per positive, their union",
+           fm_ppd_union),
     Method("persam", True, False, False, "PerSAM-style best / worst point + cascaded box refinement", persam),
     Method("fm-greedy-oracle", True, False, False, "GT-guided greedy removal from fm-kmeans (GT-informed, not a bound)",
            fm_greedy_oracle),
@@ -247,5 +296,9 @@ METHODS: dict[str, Method] = _registry(
            ideal_attacked_defended),
     Method("ideal-attacked-random", False, True, True, "the attacked set minus as many random prompts as the "
            "defender removed", ideal_attacked_random),
+    Method("ideal-attacked-untrained", False, True, True, "the attacked set refined by a randomly initialised "
+           "defender with the same settings", ideal_attacked_untrained),
+    Method("ideal-attacked-oracle", False, False, True, "GT-guided greedy removal from the attacked set "
+           "(GT-informed, not a bound)", ideal_attacked_oracle),
 )
 TRAINING_FREE = ("fm", "fm-kmeans", "fm-random", "fm-gbmseg", "persam")
