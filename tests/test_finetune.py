@@ -28,6 +28,9 @@ def test_finetune_a_plain_folder_from_the_shipped_agents(tmp_path, segmenter, ma
         shipped = DQNAgent.load(shipped_agent_path(role), expect_role=role)
         for a, b in zip(saved.q.parameters(), shipped.q.parameters(), strict=True):
             assert torch.equal(a, b)
+        # the inference settings travel with a fine-tuned agent (ship7: select = iou)
+        assert saved.meta.get("inference") == shipped.meta.get("inference")
+    assert DQNAgent.load(shipped_agent_path("defender")).meta["inference"]
     with pytest.raises(CheckpointError, match="run folder"):
         train.run(str(root), "train", str(tmp_path / "run2"), cfg=train.TrainConfig(init=str(tmp_path / "none")),
                   segmenter=segmenter, progress=False)

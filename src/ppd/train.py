@@ -117,9 +117,13 @@ class Trainer:
                          for j in range(b)]
         self.attacker = DQNAgent.for_env(self.att_envs[0], cfg.attacker, seed=cfg.seed)
         self.defender = DQNAgent.for_env(self.def_envs[0], cfg.defender, seed=cfg.seed + 1)
+        self.inherited: dict[str, dict] = {}  # inference settings of the agents fine-tuned from (kept on save)
         if cfg.init is not None:
             for agent in (self.attacker, self.defender):
-                agent.start_from(DQNAgent.load(init_path(cfg.init, agent.role), expect_role=agent.role))
+                start = DQNAgent.load(init_path(cfg.init, agent.role), expect_role=agent.role)
+                agent.start_from(start)
+                if (getattr(start, "meta", None) or {}).get("inference"):
+                    self.inherited[agent.role] = start.meta["inference"]
         self.round = self.env_steps = self.decodes = 0
         self.seconds = 0.0
         self.rng = np.random.default_rng(cfg.seed + 99)
@@ -242,8 +246,9 @@ class Trainer:
         meta = {"command": self.command, "rounds": self.round, "env_steps": self.env_steps, "decodes": self.decodes,
                 "seconds": round(self.seconds, 1), "train_config": asdict(self.cfg),
                 "images": [f"{s.dataset}/{s.id}" for s in self.bank.samples]}
-        self.attacker.save(self.out / "attacker", extra=meta)
-        self.defender.save(self.out / "defender", extra=meta)
+        for agent in (self.attacker, self.defender):
+            inherited = {"inference": self.inherited[agent.role]} if agent.role in self.inherited else {}
+            agent.save(self.out / agent.role, extra=meta | inherited)
 
     def save_checkpoint(self) -> Path:
         """Everything --resume needs, written to a temporary folder then renamed into place."""

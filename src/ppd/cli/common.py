@@ -1,0 +1,139 @@
+"""Helpers the ``ppd`` commands share: argument parsing of prompts, outputs written all-or-nothing, the
+defender's limits read without torch, and the options several commands take."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from ppd.errors import InvalidPromptError
+
+
+def _parse_point(text: str) -> tuple[float, float, int]:
+    parts = text.split(",")
+    try:
+        if len(parts) not in (2, 3):
+            raise ValueError
+        x, y = float(parts[0]), float(parts[1])
+        lab = int(parts[2]) if len(parts) == 3 else 1
+    except ValueError:
+        raise InvalidPromptError(f"--point must be X,Y or X,Y,LABEL (LABEL 1 or 0), got {text!r}") from None
+    if lab not in (0, 1):
+        raise InvalidPromptError(f"--point label must be 1 (positive) or 0 (negative), got {lab}")
+    return x, y, lab
+
+def _parse_box(text: str) -> list[float]:
+    try:
+        vals = [float(v) for v in text.split(",")]
+        if len(vals) != 4:
+            raise ValueError
+    except ValueError:
+        raise InvalidPromptError(f"--box must be X0,Y0,X1,Y1, got {text!r}") from None
+    return vals
+
+def _write_outputs(outputs: list[tuple[Path, np.ndarray]]) -> None:
+    """Write every PNG or none: on failure the files already written are removed."""
+    from ppd.io import write_png
+
+    done: list[Path] = []
+    try:
+        for path, arr in outputs:
+            write_png(path, arr)
+            done.append(path)
+    except BaseException:
+        for p in done:
+            p.unlink(missing_ok=True)
+        raise
+
+def _segmenter(args):
+    from ppd.sam import Segmenter
+
+    return Segmenter(checkpoint=args.checkpoint, cache_dir=args.cache_dir, use_cache=not args.no_cache)
+
+# ----------------------------------------------------------------------------- refine / oneshot
+def read_prompts_json(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """``{"points": [[x, y], ...], "labels": [1, 0, ...]}``, or ``{"points": [[x, y, label], ...]}`` without
+    a ``labels`` key (extra keys such as status are ignored). Any other shape is refused, never reshaped."""
+    from ppd.io import check_points
+
+    try:
+        d = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise InvalidPromptError(f"cannot read prompts JSON {path}: {type(e).__name__}: {e}") from None
+    if not isinstance(d, dict) or "points" not in d:
+        raise InvalidPromptError(f"prompts JSON {path} must be an object with a \"points\" list")
+    if d["points"] == []:
+        return np.zeros((0, 2)), np.zeros(0, np.int64)
+    try:  # shapes and labels only: the image's size is checked once it is read
+        return check_points(d["points"], d.get("labels"), None)
+    except InvalidPromptError as e:
+        raise InvalidPromptError(f"prompts JSON {path}: {e}") from None
+
+def _write_refined(out: Path, stem: str, image: np.ndarray, res) -> None:
+    from ppd.io import atomic_write
+    from ppd.viz import overlay
+
+    k = res.kept
+    ov = overlay(image, res.mask, res.points[k], res.labels[k], res.points[~k], res.labels[~k])
+    _write_outputs([(out / f"{stem}.mask.png", res.mask), (out / f"{stem}.overlay.png", ov)])
+    atomic_write(out / f"{stem}.prompts.json", lambda t: t.write_text(json.dumps(res.to_json(), indent=1) + "\n"))
+
+def output_stems(paths: list[str]) -> list[str]:
+    """Output name per input: its file stem, or ``STEM-I`` (I = its 1-based position in the list) when
+    several inputs share a stem, so no output overwrites another."""
+    stems = [Path(p).stem for p in paths]
+    names, used = [], set()
+    for i, stem in enumerate(stems, 1):
+        name = stem if stems.count(stem) == 1 else f"{stem}-{i}"
+        while name in used:  # e.g. a target literally named STEM-I
+            name += "_"
+        used.add(name)
+        names.append(name)
+    return names
+
+def _defender_rows(spec) -> int | None:
+    """The defender's prompt limit from its JSON, without importing torch, so that an oversized set is
+    refused within a second; None if the JSON cannot say (loading the agent then reports why)."""
+    try:
+        if spec is None or str(spec) == "untrained":
+            text = (resources.files("ppd") / "assets" / "defender.json").read_text()
+        else:
+            text = Path(spec).with_suffix(".json").read_text()
+        return int(json.loads(text)["rows"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+def _defender_opts(args) -> dict:
+    """``--defender-opt KEY=VALUE`` overrides of the defender's saved settings (checked now, before SAM)."""
+    from ppd.refine import DefenderConfig, parse_overrides
+
+    opts = parse_overrides(getattr(args, "defender_opt", None))
+    DefenderConfig(**opts)  # values in range
+    return opts
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+MODE_NOTE = {"single": "one object: one SAM mask", "many": "many objects: 32 prompts per class, one SAM mask",
+             "union": "one SAM mask per kept positive, their union"}
+
+def instances_opt(sp) -> None:
+    sp.add_argument("--instances", choices=["auto", "single", "many", "union"], default="auto",
+                    help="single: -k prompts per class, one SAM mask; many: a denser start set (at least 32 per "
+                         "class), one SAM mask, for 'all nuclei' references; union: one SAM mask per kept "
+                         "positive, their union; auto (default): many when the reference mask holds 3 or more "
+                         "separate objects, else single")
+
+def cycle_opt(sp) -> None:
+    """--cycle / --no-cycle: the one-shot start set's matching (default: ppd.oneshot.CYCLE)."""
+    sp.add_argument("--cycle", action=argparse.BooleanOptionalAction, default=None,
+                    help="start sets from cycle-consistent (forward-backward) feature matches only "
+                         "(default: the pipeline's, ppd.oneshot.CYCLE)")
+
+DEFENDER_OPT_HELP = ("override a setting the defender refines with (repeatable; e.g. max_removals=12, "
+                     "select=reference; see ppd.refine.DefenderConfig)")
