@@ -328,3 +328,22 @@ def test_api_errors_are_typed(segmenter, manifest):
         FeatureMatcher(segmenter).set_reference(image, mask_list)
     for exc in (ConfigError, InvalidMaskError, InvalidImageError, InvalidPromptError, OutputError, CheckpointError):
         assert issubclass(exc, PPDError)
+
+
+def test_frame_api_errors(segmenter, manifest):
+    """Frames are typed: an array where a frame is expected, or a box on the low-res path, is a clear error."""
+    from ppd.errors import ConfigError
+    from ppd.oneshot import OneShot
+    from ppd.refine import Defender
+
+    s = pick(manifest, "ecssd", "val", 1)[0]
+    image = s.image()
+    with pytest.raises(ConfigError, match="Frame"):
+        segmenter.decode(image, [[5, 5]], [1])
+    with pytest.raises(ConfigError, match="Frame"):
+        Defender(segmenter=segmenter).refine_frame(image, [[5, 5]], [1])
+    frame = segmenter.frame(image)
+    with pytest.raises(InvalidPromptError, match="points only"):
+        segmenter.decode(frame, [[5, 5]], [1], box=[0, 0, 9, 9], lowres=True)
+    with pytest.raises(ConfigError, match="auto, single, many, union"):
+        OneShot(segmenter, None, instances="multi")

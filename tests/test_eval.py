@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -236,3 +237,20 @@ def test_base_run_supplies_the_methods_not_rerun(segmenter, data_root, tmp_path)
                     **kw)
     with pytest.raises(ConfigError, match="not a readable"):
         harness.run(data_root, "ecssd", "val", ["fm-kmeans"], base=tmp_path / "nowhere", **kw)
+
+
+def test_untrained_rows_are_keyed_by_the_defender_they_imitate():
+    """ideal-attacked-untrained is shaped and set like the evaluated defender, so its cache key follows that
+    defender (pure logic: the harness only reads the segmenter's weight hash here)."""
+    from types import SimpleNamespace
+
+    from ppd.agents.dqn import shipped_agent_path
+
+    seg = SimpleNamespace(model_sha256="sam")
+    twin = Path(__file__).parents[1] / "docs" / "training" / "ship7x" / "defender"
+    a = harness.Harness(seg, ["ideal-attacked-untrained"])
+    b = harness.Harness(seg, ["ideal-attacked-untrained"], defender=twin)
+    c = harness.Harness(seg, ["ideal-attacked-untrained"], defender_opts={"select": "last"})
+    assert len({a.hashes["untrained"], b.hashes["untrained"], c.hashes["untrained"]}) == 3
+    assert a.hashes["untrained"] == harness.Harness(seg, ["ideal-attacked-untrained"],
+                                                    defender=shipped_agent_path("defender")).hashes["untrained"]

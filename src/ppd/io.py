@@ -49,14 +49,11 @@ def _open(path: str | os.PathLike, what: str, error: type[Exception]) -> Image.I
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 hex digest of a file, read in 1 MiB blocks."""
+    """SHA-256 hex digest of a file (streamed)."""
     import hashlib
 
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _stretch_to_uint8(arr: np.ndarray) -> np.ndarray:

@@ -186,9 +186,12 @@ class OneShot:
     def set_reference(self, image: np.ndarray | Frame, mask: np.ndarray) -> OneShotReference:
         if not isinstance(image, Frame):
             mask = check_reference_mask(mask, check_image_array(image))
-        self.ref = OneShotReference.make(self.frame(image), mask)
-        self.mode = resolve_mode(self.instances, self.ref.mask)
-        return self.ref
+        ref = OneShotReference.make(self.frame(image), mask)
+        mode = resolve_mode(self.instances, ref.mask)
+        if self.defender is not None:  # many objects: the denser start set must fit the defender's rows
+            check_k(start_k(mode, self.k), self.defender.agent.rows, " (many objects: --instances single)")
+        self.ref, self.mode = ref, mode
+        return ref
 
     def _need_reference(self) -> OneShotReference:
         if self.ref is None:

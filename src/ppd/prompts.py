@@ -29,8 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-IDEAL, BG_POS, DISTRACTOR, OBJ_NEG, BOUNDARY, MISLABEL = range(6)
-KIND_NAMES = ("ideal", "bg_pos", "distractor", "obj_neg", "boundary", "mislabel")
+IDEAL, BG_POS, DISTRACTOR, OBJ_NEG, BOUNDARY, MISLABEL = range(6)  # PromptSet.kind codes
 
 
 def check_prompt_count(n: int, rows: int) -> None:

@@ -200,11 +200,12 @@ class Defender:
 
     def reference_of(self, image: np.ndarray | Frame, mask: np.ndarray) -> Reference:
         """A one-shot reference (image or frame, and its mask) as this defender reads it."""
-        if mask is None:
-            size = image.original_size if isinstance(image, Frame) else np.asarray(image).shape[:2]
-            raise InvalidMaskError(f"reference needs a mask of its image's size {size[1]}x{size[0]}, got no mask")
         if not isinstance(image, Frame):
             image = check_image_array(image)
+        if mask is None:
+            size = image.original_size if isinstance(image, Frame) else image.shape[:2]
+            raise InvalidMaskError(f"reference needs a mask of its image's size {size[1]}x{size[0]}, got no mask")
+        if not isinstance(image, Frame):
             mask = check_reference_mask(mask, image)
             image = self.seg.frame(image)
         else:

@@ -28,7 +28,8 @@ def run(data_root=None, n_targets: int = 6, defender=None, seed: int = 0, out=No
     samples = [s for s in data.load_dataset(data_root, split="val") if s.dataset in ("ecssd", "dsb2018")]
     picks = [samples[i] for i in rng.choice(len(samples), min(n_targets, len(samples)), replace=False)]
     seg = Segmenter(use_cache=False)  # cold: every target is encoded
-    pipe = OneShot(seg, Defender(load_agent(defender, "defender"), segmenter=seg), k=10, seed=seed)
+    pipe = OneShot(seg, Defender(load_agent(defender, "defender"), segmenter=seg), k=10, seed=seed,
+                   instances="single")
     refine_s, decodes, e2e_s, enc_s = [], [], [], []
     print(f"ppd bench refine: {len(picks)} val targets, cold encoder, references embedded once")
     for s in picks:

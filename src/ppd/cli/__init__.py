@@ -194,7 +194,3 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"ppd: internal error: {type(e).__name__}: {e} (rerun with --debug for a traceback)", file=sys.stderr)
         return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -144,8 +144,11 @@ def run(data_root=None, split: str = "val", attacker=None, defender=None, attack
             picked += [rows[i] for i in idx]
         samples = picked
     from ppd.evaluate.harness import ResultCache
+    from ppd.refine import load_agent
     from ppd.sam.cache import default_cache_dir
 
+    load_agent(attacker, "attacker")  # a bad checkpoint fails now, before SAM loads
+    load_agent(defender, "defender")
     seg = Segmenter(cache_dir=cache_dir)
     t0 = time.perf_counter()
     out_csv = Path(out_dir) / "attack_defence.csv" if out_dir else None

@@ -224,8 +224,8 @@ class Harness:
         self.hashes = {"sam": segmenter.model_sha256,
                        "defender": agent_sha(defender, "defender", self.defender_opts) if uses_d else None,
                        "attacker": agent_sha(attacker, "attacker") if uses_a else None}
-        if "ideal-attacked-untrained" in methods:  # seeded (the seed is in the key) and shaped like the defender
-            self.hashes["untrained"] = agent_sha("untrained", "defender", self.defender_opts)
+        if "ideal-attacked-untrained" in methods:  # seeded (the seed is in the key), shaped and set like the defender
+            self.hashes["untrained"] = hashlib.sha256(b"untrained|" + self.hashes["defender"].encode()).hexdigest()
         self.agents = Agents(segmenter, defender, attacker, self.defender_opts, cfg.seed)
         self._files: dict[Path, str] = {}
 
@@ -308,6 +308,9 @@ class Harness:
             rj = None
             if r is not None:
                 rj = ref_jobs.setdefault(r.id, RefJob(r, ref_frames[r.id], job))
+                _ = rj.proposal  # shared by every fm-* method: built (and timed, Proposal.thin_s) outside their windows
+            elif m.startswith("ideal"):
+                job.attacked()  # likewise the ideal prompts and the attack (their seconds are charged as shared_s)
             t1 = time.perf_counter()
             out = METHODS[m].run(job, rj)
             self.cache.put(Row(t.dataset, m, r.id if r else "-", job.name, dice(out.mask, gt), iou(out.mask, gt),

@@ -107,7 +107,7 @@ def _overlays(results: Path, datasets: dict[str, dict], per: int = 2) -> list[tu
         run = info["run"]
         # the start sets the run was scored on
         pipe = OneShot(seg, dfd, k=run["config"]["k"], cycle=bool(run["config"].get("cycle", False)),
-                       seed=run["config"]["seed"])
+                       seed=run["config"]["seed"], instances="single")
         root = Path(run["data_root"])
         samples = {s.id: s for s in data.load_dataset(root, dataset=ds, split=run["split"])}
         ref = samples[run["references"][0]]

@@ -29,6 +29,9 @@ class ImageBank:
         """``frames``: the samples' frames when the caller has them already (else embedded here)."""
         from tqdm.auto import tqdm
 
+        if frames is not None and (len(frames) != len(samples) or not all(f.image_sha256 for f in frames)):
+            raise ValueError("frames must be one per sample, each with its image hash (Segmenter.frame)")
+
         self.seg = segmenter
         self.graph_grid, self.knn = graph_grid, knn
         self.object_cfg = objects

@@ -57,6 +57,7 @@ class Frame:
     embedding: torch.Tensor  # (1, 256, 64, 64) float16: SAM's embedding, rounded as the cache stores it
     original_size: tuple[int, int]  # (H, W) of the image
     image_sha256: str = ""  # content hash of the pixels ("" when unknown)
+    model_sha256: str = ""  # the SAM weights that made the embedding ("" when unknown)
     context: object | None = field(default=None, repr=False)  # the decoder's prepared tensors (lazy)
     memo: dict = field(default_factory=dict, repr=False)  # values later stages derive from the frame
 
@@ -77,7 +78,9 @@ class Frame:
     def features(self) -> PatchFeatures:
         """Per-patch SAM features on the 64x64 grid, with the image's valid region marked."""
         ih = self.input_size[0]
-        return PatchFeatures(grid=self.embedding[0].permute(1, 2, 0).float().numpy(),
+        # C-contiguous, as the facade always returned them: pooling sums in memory order, so a strided
+        # view would change the graph's features in the last bit
+        return PatchFeatures(grid=np.ascontiguousarray(self.embedding[0].permute(1, 2, 0).float().numpy()),
                              valid=valid_patches(self.input_size), patch_size=16 * self.original_size[0] / ih)
 
     def to_input_frame(self, points: np.ndarray) -> np.ndarray:

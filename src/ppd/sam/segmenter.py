@@ -132,7 +132,7 @@ class Segmenter:
         """An ``HxWx3 uint8`` RGB image as a :class:`Frame` (embedding cached on disk)."""
         image = check_image_array(image)
         emb, sha = self.embed(image)
-        return Frame(emb, image.shape[:2], sha)
+        return Frame(emb, image.shape[:2], sha, self.model_sha256)
 
     def _context(self, frame: Frame) -> fast_decoder.ImageContext:
         """The frame's prepared decoder tensors for this segmenter's fast decoder (built once)."""
@@ -155,6 +155,9 @@ class Segmenter:
         """
         if not isinstance(frame, Frame):
             raise ConfigError(f"decode needs a Frame (Segmenter.frame(image)), got {type(frame).__name__}")
+        if frame.model_sha256 and frame.model_sha256 != self.model_sha256:
+            raise ConfigError("this frame was embedded by other SAM weights than this segmenter's: make it with "
+                              "this segmenter's frame(image)")
         pts, labs = check_points(points, labels, frame.original_size)
         if lowres:
             if box is not None:
