@@ -1,6 +1,7 @@
 """``ppd bench sam``: encoder, naive decode and fast-path decode, side by side.
 
-* encoder: median seconds per image (no cache);
+* encoder: median seconds per image (no cache), its FLOPs (counted) and the share of
+  the FLOP limit (encoder FLOPs over the peak matmul rate) each encoder path reaches;
 * naive decode: what a SamPredictor loop does per prompt set: prompt encoder,
   stock mask decoder, upsampling to the original size, threshold, Dice there;
 * fast path: ``Segmenter.decode_input_frame`` (256x256 logits) and Dice against
@@ -70,6 +71,19 @@ def decoder_flops(seg: Segmenter, coords: torch.Tensor, labels: torch.Tensor) ->
             seg.decode_input_frame(coords, labels)
         fast = fc.get_total_flops()
     return stock, fast
+
+
+def encoder_flops(seg: Segmenter, image: np.ndarray) -> int:
+    """FLOPs of one image-encoder call (TinyViT on the 1024 input), counted by torch's FLOP counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    m = seg.model
+    x = torch.as_tensor(seg._resize.apply_image(image)).permute(2, 0, 1)[None].float()
+    with torch.inference_mode():
+        x = m.preprocess(x)
+        with FlopCounterMode(display=False) as fc:
+            m.image_encoder(x)
+    return fc.get_total_flops()
 
 
 def _prompt_sets(gt: np.ndarray, n_sets: int, n_points: int, rng: np.random.Generator):
@@ -178,18 +192,24 @@ def run(data_root=None, n_images: int = 4, n_decodes: int = 30, n_points: int = 
             agree.append((a & b).sum() / max((a | b).sum(), 1))
     c0, l0 = prepared[0]
     stock_flops, fast_flops = decoder_flops(seg, c0, l0)
+    enc_flops = encoder_flops(seg, picked[0].image())
     rates = matmul_rate()
     peak = max(rates.values())
     limit = stock_flops / (peak * 1e9)
     enc, nv, fs = float(np.median(enc_t)), float(np.median(naive_t)), float(np.median(fast_t))
+    enc_limit = enc_flops / (peak * 1e9)
     shares = _where_time_goes(seg, c0, l0)
     res = {"images": [f"{s.dataset}/{s.id}" for s in picked], "points": n_points, "decodes_per_image": n_decodes,
-           "encoder_s": enc, "naive_decode_s": nv, "fast_decode_s": fs, "speedup": nv / fs,
+           "encoder_s": enc, "encoder_gflop": enc_flops / 1e9, "encoder_flop_limit_s": enc_limit,
+           "encoder_fraction_of_limit": {"eager": enc_limit / enc}, "naive_decode_s": nv, "fast_decode_s": fs,
+           "speedup": nv / fs,
            "stock_decoder_gflop": stock_flops / 1e9, "fast_path_gflop": fast_flops / 1e9,
            "matmul_gflops": rates, "flop_limit_s": limit, "fraction_of_limit": limit / fs,
            "fast_vs_full_mask_iou_min": float(np.min(agree)), "time_shares": dict(shares),
            "threads": torch.get_num_threads()}
     print(f"  encoder (no cache)          median {enc * 1e3:8.1f} ms / image")
+    print(f"  encoder FLOPs               {enc_flops / 1e9:8.2f} GFLOP / image; FLOP limit {enc_limit * 1e3:.1f} ms;"
+          f" eager (torch) reaches {100 * enc_limit / enc:.1f} % of it")
     print(f"  naive decode (full res)     median {nv * 1e3:8.1f} ms / prompt set")
     print(f"  fast path (256x256 logits)  median {fs * 1e3:8.1f} ms / prompt set")
     print(f"  speed-up fast vs naive      {nv / fs:8.2f}x   (goal >= 1.5x)")
