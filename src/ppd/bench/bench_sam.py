@@ -86,6 +86,26 @@ def encoder_flops(seg: Segmenter, image: np.ndarray) -> int:
     return fc.get_total_flops()
 
 
+def _onnx_times(seg: Segmenter, picked: list, cache_dir) -> dict | None:
+    """The ONNX Runtime encoder on the same images (None without ppd[onnx])."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return None
+    from ppd.sam.cache import default_cache_dir
+    from ppd.sam.onnx_encoder import OnnxEncoder
+
+    enc = OnnxEncoder(seg.model, seg.model_sha256, cache_dir or default_cache_dir())
+    ts = []
+    for s in picked:
+        x = seg.model.preprocess(torch.as_tensor(seg._resize.apply_image(s.image())).permute(2, 0, 1)[None].float())
+        enc(x)  # warm-up
+        t0 = time.perf_counter()
+        enc(x)
+        ts.append(time.perf_counter() - t0)
+    return {"median_s": float(np.median(ts)), "build_s": enc.build_s, "sha256": enc.sha256, "path": str(enc.path)}
+
+
 def _prompt_sets(gt: np.ndarray, n_sets: int, n_points: int, rng: np.random.Generator):
     pos = np.argwhere(gt)[:, ::-1]
     neg = np.argwhere(~gt)[:, ::-1]
@@ -193,6 +213,7 @@ def run(data_root=None, n_images: int = 4, n_decodes: int = 30, n_points: int = 
     c0, l0 = prepared[0]
     stock_flops, fast_flops = decoder_flops(seg, c0, l0)
     enc_flops = encoder_flops(seg, picked[0].image())
+    onnx_t = _onnx_times(seg, picked, cache_dir)
     rates = matmul_rate()
     peak = max(rates.values())
     limit = stock_flops / (peak * 1e9)
@@ -201,7 +222,9 @@ def run(data_root=None, n_images: int = 4, n_decodes: int = 30, n_points: int = 
     shares = _where_time_goes(seg, c0, l0)
     res = {"images": [f"{s.dataset}/{s.id}" for s in picked], "points": n_points, "decodes_per_image": n_decodes,
            "encoder_s": enc, "encoder_gflop": enc_flops / 1e9, "encoder_flop_limit_s": enc_limit,
-           "encoder_fraction_of_limit": {"eager": enc_limit / enc}, "naive_decode_s": nv, "fast_decode_s": fs,
+           "encoder_fraction_of_limit": {"eager": enc_limit / enc} | (
+               {"onnx": enc_limit / onnx_t["median_s"]} if onnx_t else {}),
+           "encoder_onnx": onnx_t, "naive_decode_s": nv, "fast_decode_s": fs,
            "speedup": nv / fs,
            "stock_decoder_gflop": stock_flops / 1e9, "fast_path_gflop": fast_flops / 1e9,
            "matmul_gflops": rates, "flop_limit_s": limit, "fraction_of_limit": limit / fs,
@@ -210,6 +233,10 @@ def run(data_root=None, n_images: int = 4, n_decodes: int = 30, n_points: int = 
     print(f"  encoder (no cache)          median {enc * 1e3:8.1f} ms / image")
     print(f"  encoder FLOPs               {enc_flops / 1e9:8.2f} GFLOP / image; FLOP limit {enc_limit * 1e3:.1f} ms;"
           f" eager (torch) reaches {100 * enc_limit / enc:.1f} % of it")
+    if onnx_t:
+        print(f"  encoder, ONNX Runtime       median {onnx_t['median_s'] * 1e3:8.1f} ms / image: "
+              f"{enc / onnx_t['median_s']:.2f}x eager, {100 * enc_limit / onnx_t['median_s']:.1f} % of the limit "
+              f"(model built once in {onnx_t['build_s']:.1f} s, sha256 {onnx_t['sha256'][:12]})")
     print(f"  naive decode (full res)     median {nv * 1e3:8.1f} ms / prompt set")
     print(f"  fast path (256x256 logits)  median {fs * 1e3:8.1f} ms / prompt set")
     print(f"  speed-up fast vs naive      {nv / fs:8.2f}x   (goal >= 1.5x)")

@@ -53,7 +53,8 @@ def _write_outputs(outputs: list[tuple[Path, np.ndarray]]) -> None:
 def _segmenter(args):
     from ppd.sam import Segmenter
 
-    return Segmenter(checkpoint=args.checkpoint, cache_dir=args.cache_dir, use_cache=not args.no_cache)
+    return Segmenter(checkpoint=args.checkpoint, cache_dir=args.cache_dir, use_cache=not args.no_cache,
+                     encoder=getattr(args, "encoder", "eager"))
 
 # ----------------------------------------------------------------------------- refine / oneshot
 def read_prompts_json(path: str) -> tuple[np.ndarray, np.ndarray]:

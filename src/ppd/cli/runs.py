@@ -77,7 +77,7 @@ def cmd_train(args) -> int:
                           defender=replace(cfg.defender, learning_starts=args.learning_starts))
     def seg():
         return Segmenter(checkpoint=args.checkpoint, cache_dir=args.cache_dir, use_cache=not args.no_cache,
-                         precision="auto")
+                         precision="auto", encoder=args.encoder)
 
     tr = train.run(args.data, args.split, args.out, resume=args.resume, cfg=cfg, segmenter=seg,
                    limit_images=args.images)

@@ -221,7 +221,7 @@ class Harness:
         self.cache = cache or ResultCache(None)
         uses_d = any(METHODS[m].defender for m in methods)
         uses_a = any(METHODS[m].attacker for m in methods)
-        self.hashes = {"sam": segmenter.model_sha256,
+        self.hashes = {"sam": getattr(segmenter, "embed_key", segmenter.model_sha256),
                        "defender": agent_sha(defender, "defender", self.defender_opts) if uses_d else None,
                        "attacker": agent_sha(attacker, "attacker") if uses_a else None}
         if "ideal-attacked-untrained" in methods:  # seeded (the seed is in the key), shaped and set like the defender
@@ -390,6 +390,7 @@ def run(data_root=None, dataset: str | None = None, split: str = "eval", methods
                 "hashes": harness.hashes, "defender": str(defender) if defender else "shipped",
                 "defender_settings": refine_settings(defender, defender_opts) if harness.hashes["defender"] else None,
                 "attacker": str(attacker) if attacker else "shipped", "cache": str(cache_path),
+                "encoder": getattr(seg, "encoder", "eager"),
                 "cache_hits": harness.cache.hits}
         with out:
             write_outputs(out.ensure(), rows, summary, info)

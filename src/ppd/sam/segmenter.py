@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import os
 from dataclasses import dataclass
 
@@ -82,7 +83,9 @@ class Segmenter:
 
     def __init__(self, checkpoint: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
                  use_cache: bool = True, threads: int | None = None, verify: bool = True,
-                 tune_allocator: bool = True, precision: str = "fp32") -> None:
+                 tune_allocator: bool = True, precision: str = "fp32", encoder: str = "eager") -> None:
+        """``encoder``: ``eager`` (torch, the reference) or ``onnx`` (ONNX Runtime, ~1.6x faster on this CPU,
+        embeddings within 1e-6 relative; cached apart, see :attr:`embed_key`)."""
         if threads is not None:
             torch.set_num_threads(threads)
         if tune_allocator:
@@ -91,7 +94,19 @@ class Segmenter:
             raise ConfigError(f"precision must be 'fp32', 'bf16' or 'auto', got {precision!r}")
         if precision == "auto":
             precision = "bf16" if bf16_is_faster() else "fp32"
+        if encoder not in ("eager", "onnx"):
+            raise ConfigError(f"encoder must be 'eager' or 'onnx', got {encoder!r}")
         self.model, self.model_sha256 = load_mobile_sam(checkpoint, verify=verify)
+        self.encoder = encoder
+        self._onnx = None
+        if encoder == "onnx":
+            from ppd.sam.cache import default_cache_dir
+            from ppd.sam.onnx_encoder import OnnxEncoder
+
+            self._onnx = OnnxEncoder(self.model, self.model_sha256, cache_dir or default_cache_dir())
+        # what embeddings (and ppd eval rows) are keyed by: the weights, and the encoder path unless eager
+        self.embed_key = (self.model_sha256 if encoder == "eager" else
+                          hashlib.sha256(f"{self.model_sha256}|onnx|{self._onnx.sha256}".encode()).hexdigest())
         self.precision = precision
         # the fast path's decoder: the model's own, or a bfloat16 copy (predict() always uses float32)
         self._fast_decoder = (self.model.mask_decoder if precision == "fp32"
@@ -111,7 +126,8 @@ class Segmenter:
         """Run the image encoder (no cache): (1, 256, 64, 64) float32, fp16-rounded."""
         image = check_image_array(image)
         x = torch.as_tensor(self._resize.apply_image(image)).permute(2, 0, 1)[None].float()
-        emb = self.model.image_encoder(self.model.preprocess(x))
+        x = self.model.preprocess(x)
+        emb = self._onnx(x) if self._onnx is not None else self.model.image_encoder(x)
         return emb.half().float()
 
     def embed(self, image: np.ndarray) -> tuple[torch.Tensor, str]:
@@ -119,12 +135,12 @@ class Segmenter:
         image = check_image_array(image)
         sha = image_key(image)
         if self.cache is not None:
-            hit = self.cache.get(sha, self.model_sha256)
+            hit = self.cache.get(sha, self.embed_key)
             if hit is not None and hit[0]["embedding"].shape == (1, 256, GRID, GRID):
                 return torch.from_numpy(hit[0]["embedding"].astype(np.float32)), sha
         emb = self.encode(image)
         if self.cache is not None:
-            self.cache.put(sha, self.model_sha256, {"embedding": emb.half().numpy()},
+            self.cache.put(sha, self.embed_key, {"embedding": emb.half().numpy()},
                            {"original_size": list(image.shape[:2])})
         return emb, sha
 
