@@ -306,3 +306,30 @@ def test_inference_does_not_import_gymnasium():
     code = "import sys, ppd.refine, ppd.oneshot; print('gymnasium' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_cli_oneshot_on_a_folder(tmp_path, manifest, cache_dir, monkeypatch, capsys):
+    """--target DIR segments every image of the folder (sorted by name), the same as naming them; a folder
+    without images is a one-line error."""
+    import shutil
+
+    monkeypatch.setenv("PPD_CACHE_DIR", str(cache_dir))
+    ref, t1, t2 = pick(manifest, "ecssd", "val", 3)
+    folder = tmp_path / "targets"
+    folder.mkdir()
+    for t in (t2, t1):
+        shutil.copy(t.image_path, folder / t.image_path.name)
+    (folder / "notes.txt").write_text("not an image")
+    args = ["oneshot", "--ref", str(ref.image_path), "--ref-mask", str(ref.mask_path), "--no-defender"]
+    assert main([*args, "--target", str(folder), "--out", str(tmp_path / "a")]) == 0
+    assert main([*args, "--target", str(t1.image_path), str(t2.image_path), "--out", str(tmp_path / "b")]) == 0
+    for t in (t1, t2):
+        a = np.asarray(Image.open(tmp_path / "a" / f"{t.id}.mask.png"))
+        assert np.array_equal(a, np.asarray(Image.open(tmp_path / "b" / f"{t.id}.mask.png")))
+    assert sorted(p.name for p in (tmp_path / "a").glob("*.mask.png")) == sorted(f"{t.id}.mask.png" for t in (t1, t2))
+    capsys.readouterr()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([*args, "--target", str(empty), "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert "without images" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "c").exists()

@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--ref-mask", required=True, metavar="MASK")
     o.add_argument("--mask-threshold", type=float, metavar="T",
                    help="binarise a non-binary --ref-mask: foreground = grey level > T")
-    o.add_argument("--target", required=True, nargs="+", metavar="IMG")
+    o.add_argument("--target", required=True, nargs="+", metavar="IMG|DIR",
+                   help="target images, or folders of them (their image files, sorted by name)")
     o.add_argument("--out", required=True, metavar="DIR")
     o.add_argument("--no-defender", action="store_true", help="stop after k-means thinning")
     o.add_argument("--defender", help="defender checkpoint, or 'untrained' (default: the shipped one)")

@@ -138,3 +138,22 @@ def cycle_opt(sp) -> None:
 
 DEFENDER_OPT_HELP = ("override a setting the defender refines with (repeatable; e.g. max_removals=12, "
                      "select=reference; see ppd.refine.DefenderConfig)")
+
+
+def expand_targets(items: list[str]) -> list[str]:
+    """``--target`` values: image files as given, and each folder as its image files (sorted by name, not
+    recursive). A folder without images is an error, never an empty run."""
+    from ppd.data import IMAGE_EXTS
+    from ppd.errors import InvalidImageError
+
+    out: list[str] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(str(f) for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
+            if not found:
+                raise InvalidImageError(f"--target {item}: a folder without images ({', '.join(IMAGE_EXTS)})")
+            out += found
+        else:
+            out.append(item)
+    return out

@@ -19,6 +19,7 @@ from ppd.cli.common import (
     _segmenter,
     _write_outputs,
     _write_refined,
+    expand_targets,
     output_stems,
     read_prompts_json,
 )
@@ -188,9 +189,10 @@ def cmd_oneshot(args) -> int:
         check_k(args.k, agent.rows, ", or --no-defender")
     ref = read_image(args.ref)
     ref_mask = read_mask(args.ref_mask, shape=ref.shape[:2], threshold=args.mask_threshold)
-    targets = [(t, read_image(t)) for t in args.target]  # all readable before any work
-    stems = output_stems(args.target)
-    for t, stem in zip(args.target, stems, strict=True):
+    paths = expand_targets(args.target)
+    targets = [(t, read_image(t)) for t in paths]  # all readable before any work
+    stems = output_stems(paths)
+    for t, stem in zip(paths, stems, strict=True):
         if stem != Path(t).stem:
             _say(f"{t}: shares its file name with another target; its outputs are named {stem}.*")
     _say("loading SAM ...")
