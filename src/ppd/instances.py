@@ -39,10 +39,14 @@ def count_instances(mask: np.ndarray, min_px: int = 10, rel: float = 0.05) -> in
     return int((sizes >= max(min_px, rel * sizes.max())).sum())
 
 
-def resolve_mode(mode: str, ref_mask: np.ndarray) -> str:
-    """``auto`` -> ``many`` when the reference has :data:`MULTI_AT` or more substantial objects, else ``single``."""
+def check_mode(mode: str) -> None:
     if mode not in MODES:
         raise ConfigError(f"instances must be one of {', '.join(MODES)}, got {mode!r}")
+
+
+def resolve_mode(mode: str, ref_mask: np.ndarray) -> str:
+    """``auto`` -> ``many`` when the reference has :data:`MULTI_AT` or more substantial objects, else ``single``."""
+    check_mode(mode)
     if mode != "auto":
         return mode
     return "many" if count_instances(ref_mask) >= MULTI_AT else "single"

@@ -24,12 +24,12 @@ import torch.nn.functional as F
 
 from ppd.errors import ConfigError, ImageNotSetError, InvalidPromptError
 from ppd.graph import Reference
-from ppd.instances import resolve_mode, start_k, union_of_instances
+from ppd.instances import check_mode, resolve_mode, start_k, union_of_instances
 from ppd.io import check_image_array, check_reference_mask
 from ppd.prompts import check_k
 from ppd.refine import Defender, RefineResult
 from ppd.sam import Frame, Segmenter
-from ppd.sam.frame import GRID, IMG_SIZE
+from ppd.sam.frame import GRID, IMG_SIZE, PatchFeatures
 
 
 @dataclass
@@ -98,6 +98,14 @@ class OneShotReference:
     mask: np.ndarray  # (H, W) bool
     frac: np.ndarray  # (64, 64) the mask's share of each patch (patch_fractions)
     _refs: dict = field(default_factory=dict, repr=False)  # graph grid -> Reference
+    _features: PatchFeatures | None = field(default=None, repr=False)
+
+    @property
+    def features(self) -> PatchFeatures:
+        """The reference frame's patch features, made once (every target is matched against them)."""
+        if self._features is None:
+            self._features = self.frame.features()
+        return self._features
 
     @classmethod
     def make(cls, frame: Frame, mask: np.ndarray) -> OneShotReference:
@@ -129,18 +137,20 @@ class Proposal:
         return self.candidates.labels[self.index]
 
 
-def match(ref: OneShotReference, target: Frame, cycle: bool | None = None) -> Candidates:
-    """Every feature-matching candidate of ``ref``'s object on ``target`` (:func:`match_patches`)."""
-    f, rf = target.features(), ref.frame.features()
+def match(ref: OneShotReference, target: Frame, cycle: bool | None = None,
+          target_features: PatchFeatures | None = None) -> Candidates:
+    """Every feature-matching candidate of ``ref``'s object on ``target`` (:func:`match_patches`);
+    ``target_features``: the target's ``features()`` when the caller has them already."""
+    f, rf = target_features or target.features(), ref.features
     return match_patches(rf.grid, rf.valid, ref.frac, f.grid, f.valid, f.patch_size, target.original_size,
                          cycle=CYCLE if cycle is None else bool(cycle))
 
 
 def propose(ref: OneShotReference, target: Frame, k: int = 10, cycle: bool | None = None,
-            seed: int = 0) -> Proposal:
+            seed: int = 0, target_features: PatchFeatures | None = None) -> Proposal:
     """Feature matching from ``ref`` onto ``target``, then k-means thinning to ``k`` per class."""
     t0 = time.perf_counter()
-    cand = match(ref, target, cycle)
+    cand = match(ref, target, cycle, target_features)
     match_s = time.perf_counter() - t0
     idx = kmeans_thin(cand.points, cand.labels, k, seed=seed)
     return Proposal(cand, idx, match_s, time.perf_counter() - t0)
@@ -172,7 +182,8 @@ class OneShot:
         objects, else ``single``)."""
         rows = None if defender is None else defender.agent.rows
         check_k(k, rows)
-        if resolve_mode(instances, np.zeros((1, 1), bool)) == "many":
+        check_mode(instances)
+        if instances == "many":
             check_k(start_k("many", k), rows)
         self.seg, self.defender = segmenter, defender
         self.k, self.seed, self.instances = k, seed, instances

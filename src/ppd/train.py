@@ -351,11 +351,12 @@ def fm_start_sets(bank: ImageBank, cfg: TrainConfig, progress: bool = True) -> l
     starts = []
     for i in tqdm(range(len(bank)), desc="one-shot start sets", disable=not progress):
         others = [j for j in by_ds[bank.samples[i].dataset] if j != i]
+        feats = bank.images[i].features() if others else None  # matched against every reference below
         for r in rng.choice(others, min(cfg.fm_refs_per_image, len(others)), replace=False) if others else []:
             r = int(r)
             fr, mask = bank.images[r], bank.objects(r).mask(WHOLE)
             ref = OneShotReference(fr, mask, patch_fractions(mask, fr.input_size))
-            prop = propose(ref, bank.images[i], cfg.fm_k, cfg.fm_cycle, seed=r)
+            prop = propose(ref, bank.images[i], cfg.fm_k, cfg.fm_cycle, seed=r, target_features=feats)
             if (prop.candidates.labels == 1).sum() == 0:
                 continue
             starts.append({"image": i, "object": WHOLE, "reference": r,

@@ -77,12 +77,9 @@ def encoder_flops(seg: Segmenter, image: np.ndarray) -> int:
     """FLOPs of one image-encoder call (TinyViT on the 1024 input), counted by torch's FLOP counter."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    m = seg.model
-    x = torch.as_tensor(seg._resize.apply_image(image)).permute(2, 0, 1)[None].float()
-    with torch.inference_mode():
-        x = m.preprocess(x)
-        with FlopCounterMode(display=False) as fc:
-            m.image_encoder(x)
+    x = seg.preprocess(image)
+    with torch.inference_mode(), FlopCounterMode(display=False) as fc:
+        seg.model.image_encoder(x)
     return fc.get_total_flops()
 
 
@@ -98,7 +95,7 @@ def _onnx_times(seg: Segmenter, picked: list, cache_dir) -> dict | None:
     enc = OnnxEncoder(seg.model, seg.model_sha256, cache_dir or default_cache_dir())
     ts = []
     for s in picked:
-        x = seg.model.preprocess(torch.as_tensor(seg._resize.apply_image(s.image())).permute(2, 0, 1)[None].float())
+        x = seg.preprocess(s.image())
         enc(x)  # warm-up
         t0 = time.perf_counter()
         enc(x)

@@ -271,6 +271,7 @@ class Harness:
             raise ConfigError("single objects are scored by methods without a reference only")
         units = [(t, k) for t in targets for k in (objects or {}).get(f"{t.dataset}/{t.id}", [WHOLE])]
         ref_frames: dict = {}  # reference id -> ppd.oneshot.OneShotReference
+        per_target: dict = {}  # the current target's frame and objects, shared by its object units
         rows: list[Row] = []
         for t, k in tqdm(units, desc=f"eval {targets[0].dataset if targets else ''}", unit="img",
                          disable=not progress):
@@ -280,7 +281,9 @@ class Harness:
                 for r in {r.id: r for _, r in todo if r is not None}.values():
                     if r.id not in ref_frames:
                         ref_frames[r.id] = self._reference(r)
-                self._target(t, k, todo, ref_frames, keys)
+                if per_target.get("id") != (t.dataset, t.id):
+                    per_target = {"id": (t.dataset, t.id)}
+                self._target(t, k, todo, ref_frames, keys, per_target)
             for m, r in jobs:
                 row = self.cache.rows[keys[(m, r.id if r else "-")]]
                 row = Row(**{**asdict(row), "dataset": t.dataset, "target": target_name(t.id, k),
@@ -298,9 +301,16 @@ class Harness:
             raise DataError(f"{ref.mask_path}: the reference mask is empty")
         return OneShotReference.make(self.seg.frame(ref.image()), mask)
 
-    def _target(self, t: Sample, k: int, todo: list, ref_frames: dict, keys: dict) -> None:
-        gt = t.mask() if k == WHOLE else ObjectSource(t).mask(k)
-        job = TargetJob(t, self.seg.frame(t.image()), gt, self.seg, self.cfg, self.agents,
+    def _target(self, t: Sample, k: int, todo: list, ref_frames: dict, keys: dict, per_target: dict) -> None:
+        if k == WHOLE:
+            gt = t.mask()
+        else:
+            if "objects" not in per_target:
+                per_target["objects"] = ObjectSource(t)
+            gt = per_target["objects"].mask(k)
+        if "frame" not in per_target:
+            per_target["frame"] = self.seg.frame(t.image())
+        job = TargetJob(t, per_target["frame"], gt, self.seg, self.cfg, self.agents,
                         lambda method, ref: self._removed(t, method, ref, k), obj=k,
                         wants_attack=any(m.startswith("ideal-attacked") for m, _ in todo))
         ref_jobs: dict[str, RefJob] = {}

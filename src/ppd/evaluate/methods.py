@@ -51,7 +51,8 @@ class RefJob:
             from ppd.oneshot import propose
 
             c = self.job.cfg
-            self._proposal = propose(self.ref, self.job.frame, c.k, c.cycle, seed=c.seed)
+            self._proposal = propose(self.ref, self.job.frame, c.k, c.cycle, seed=c.seed,
+                                     target_features=self.job.features)
         return self._proposal
 
 
@@ -71,6 +72,14 @@ class TargetJob:
     wants_attack: bool = False  # an ideal-attacked* method will run (else only the ideal prompts are made)
     removed: int | None = None  # ideal-attacked-defended's removal count (for ideal-attacked-random)
     _attack: tuple | None = field(default=None, repr=False)
+    _features: object | None = field(default=None, repr=False)
+
+    @property
+    def features(self):
+        """The target frame's patch features, made once for every reference and method."""
+        if self._features is None:
+            self._features = self.frame.features()
+        return self._features
 
     @property
     def name(self) -> str:
@@ -235,13 +244,13 @@ def fm_ppd_union(t: TargetJob, r: RefJob) -> Outcome:
 def fm_gbmseg(t: TargetJob, r: RefJob) -> Outcome:
     p = r.proposal
     pts, labs = p.points, p.labels
-    rf, f = r.ref.frame.features(), t.frame.features()
+    rf, f = r.ref.features, t.features
     keep = baselines.gbmseg_prune(pts, labs, rf.grid, rf.valid, r.ref.frac, f.grid, f.patch_size)
     return Outcome(t.decode(pts[keep], labs[keep]), len(pts), int(keep.sum()), p.thin_s)
 
 
 def persam(t: TargetJob, r: RefJob) -> Outcome:
-    rf, f = r.ref.frame.features(), t.frame.features()
+    rf, f = r.ref.features, t.features
     p2, l2 = baselines.persam_points(rf.grid, r.ref.frac, rf.valid, f.grid, f.valid, f.patch_size,
                                      t.frame.original_size)
     first = t.decode(p2, l2, multimask=True)

@@ -122,11 +122,16 @@ class Segmenter:
 
     # ----------------------------------------------------------------- frames
     @torch.inference_mode()
-    def encode(self, image: np.ndarray) -> torch.Tensor:
-        """Run the image encoder (no cache): (1, 256, 64, 64) float32, fp16-rounded."""
+    def preprocess(self, image: np.ndarray) -> torch.Tensor:
+        """The encoder's input: SAM's resize to 1024, normalisation and padding, (1, 3, 1024, 1024) float32."""
         image = check_image_array(image)
         x = torch.as_tensor(self._resize.apply_image(image)).permute(2, 0, 1)[None].float()
-        x = self.model.preprocess(x)
+        return self.model.preprocess(x)
+
+    @torch.inference_mode()
+    def encode(self, image: np.ndarray) -> torch.Tensor:
+        """Run the image encoder (no cache): (1, 256, 64, 64) float32, fp16-rounded."""
+        x = self.preprocess(image)
         emb = self._onnx(x) if self._onnx is not None else self.model.image_encoder(x)
         return emb.half().float()
 
