@@ -26,3 +26,21 @@ def test_bench_refine_smoke(capsys):
     res = bench_refine.run(n_targets=1)
     assert res["targets"] == 1 and res["refine_s_median"] > 0 and res["decodes_median"] >= 1
     assert "one-shot end to end" in capsys.readouterr().out
+
+
+def test_bench_serve_small_load(cache_dir, tmp_path, capsys):
+    """The real server on loopback: a few clicks and defends, then 4 concurrent clients x 5 clicks."""
+    import json
+
+    import pytest
+
+    pytest.importorskip("fastapi")
+    from ppd.bench import bench_serve
+
+    out = tmp_path / "serve.json"
+    res = bench_serve.run(cache_dir=cache_dir, clicks=6, defends=2, clients=4, client_clicks=5, out=str(out))
+    assert json.loads(out.read_text()) == res
+    assert res["load"]["errors"] == 0 and res["load"]["n"] == 20
+    assert 0 < res["click"]["p50_ms"] <= res["click"]["max_ms"] and res["defend"]["n"] == 2
+    assert res["rss_mb"]["within"], res["rss_mb"]
+    assert "server RSS" in capsys.readouterr().out

@@ -4,8 +4,8 @@ Every deliberate failure is a :class:`ppd.errors.PPDError`: printed as one line 
 stderr with a non-zero exit code (2), no traceback unless ``--debug``, and no
 partial output files (outputs are written to temporary files and renamed).
 
-Commands live in ``ppd.cli.images`` (segment, demo, refine, oneshot) and ``ppd.cli.runs``
-(bench, train, eval-agents, eval, data); nothing heavy is imported until a command runs.
+Commands live in ``ppd.cli.images`` (segment, demo, refine, oneshot), ``ppd.cli.runs``
+(bench, train, eval-agents, eval, data) and ``ppd.cli.serve`` (serve); nothing heavy is imported until a command runs.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     b = sub.add_parser("bench", help="benchmarks printing figures measured side by side")
-    b.add_argument("what", choices=["sam", "game", "refine", "replay"])
+    b.add_argument("what", choices=["sam", "game", "refine", "replay", "serve"])
     b.add_argument("--data", help="data root (default ../shared/data)")
     b.add_argument("--images", type=int, help="images to use (sam: 4 val images; game: 24 train images; replay: 12)")
     b.add_argument("--episodes", type=int, default=40, help="game: episodes to replay")
@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--decodes", type=int, default=30, help="decodes per image and path")
     b.add_argument("--points", type=int, default=5, help="points per prompt set")
+    b.add_argument("--clients", type=int, default=20, help="serve: concurrent clients of the load test")
+    b.add_argument("--clicks", type=int, default=20, help="serve: clicks per client of the load test")
     b.add_argument("--out", help="also write the figures as JSON here")
     b.add_argument("--cache-dir")
     b.set_defaults(func=cmd_bench)
@@ -169,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "methods not run now (checked: same dataset, references, targets, settings)")
     sam_opts(ev)
     ev.set_defaults(func=cmd_eval)
+
+    from ppd.cli.serve import add_parser as add_serve
+
+    add_serve(sub, sam_opts, DEFENDER_OPT_HELP)
 
     dt = sub.add_parser("data", help="inspect or verify a data root")
     dt.add_argument("what", choices=["verify", "list"])

@@ -27,6 +27,10 @@ def cmd_bench(args) -> int:
 
         bench_replay.run(data_root=args.data, n_transitions=args.transitions, n_images=args.images or 12,
                          seed=args.seed, cache_dir=args.cache_dir, out=args.out)
+    elif args.what == "serve":
+        from ppd.bench import bench_serve
+
+        bench_serve.run(cache_dir=args.cache_dir, clients=args.clients, client_clicks=args.clicks, out=args.out)
     elif args.what == "game":
         from ppd.bench import bench_game
 

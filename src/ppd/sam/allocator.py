@@ -14,6 +14,7 @@ import ctypes.util
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
 _done = False
 
 
@@ -30,3 +31,14 @@ def keep_large_blocks(mmap_threshold: int = 32 << 20, trim_threshold: int = 256 
         return False
     _done = ok
     return ok
+
+
+def limit_arenas(n: int = 2) -> bool:
+    """Cap glibc's malloc arenas (default: 8 per core). A threaded server has one arena per busy
+    thread, and with :func:`keep_large_blocks` each keeps its large blocks: with 20 clients the
+    server's peak RSS grew by ~1.3 GB. Call before the threads start. Returns True if applied."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(_M_ARENA_MAX, n))
+    except (OSError, AttributeError):
+        return False
