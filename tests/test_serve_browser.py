@@ -91,7 +91,7 @@ def _points_of(drv, list_id: str) -> list[tuple[float, float, int]]:
         "[parseFloat(li.dataset.x), parseFloat(li.dataset.y), parseInt(li.dataset.label)]);")
 
 
-def test_click_defend_and_oneshot_in_chromium(server, browser):
+def test_click_defend_and_oneshot_in_chromium(server, browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
@@ -147,6 +147,14 @@ def test_click_defend_and_oneshot_in_chromium(server, browser):
     _save_screenshot(drv, SCREENSHOT.with_name("serve-oneshot.png"))
     drv.find_element(By.ID, "tab-click").click()
     _save_screenshot(drv, SCREENSHOT)
+
+    # a file that is no image: a readable line in the page, and the open image stays usable
+    bad = tmp_path / "notes.jpg"
+    bad.write_bytes(b"these are notes, not a JPEG")
+    drv.find_element(By.ID, "upload").send_keys(str(bad))
+    _wait(drv, "return document.getElementById('status').classList.contains('error')")
+    assert "cannot read the uploaded image" in drv.find_element(By.ID, "status").text
+    assert drv.execute_script("return S.image.name") == "chelsea"
 
 
 def _save_screenshot(drv, path: Path) -> None:

@@ -5,7 +5,8 @@ stderr with a non-zero exit code (2), no traceback unless ``--debug``, and no
 partial output files (outputs are written to temporary files and renamed).
 
 Commands live in ``ppd.cli.images`` (segment, demo, refine, oneshot), ``ppd.cli.runs``
-(bench, train, eval-agents, eval, data) and ``ppd.cli.serve`` (serve); nothing heavy is imported until a command runs.
+(bench, train, eval-agents, eval, data), ``ppd.cli.serve`` (serve) and ``ppd.cli.scale``
+(embed, --ray); nothing heavy is imported until a command runs.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import warnings
 from ppd.cli.common import DEFENDER_OPT_HELP, cycle_opt, instances_opt, output_stems, read_prompts_json  # noqa: F401
 from ppd.cli.images import cmd_demo, cmd_oneshot, cmd_refine, cmd_segment
 from ppd.cli.runs import cmd_bench, cmd_data, cmd_eval, cmd_eval_agents, cmd_train, parse_weights  # noqa: F401
+from ppd.cli.scale import add_parser as add_embed
+from ppd.cli.scale import ray_opts
 from ppd.errors import PPDError
 
 
@@ -64,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     b = sub.add_parser("bench", help="benchmarks printing figures measured side by side")
-    b.add_argument("what", choices=["sam", "game", "refine", "replay", "serve"])
+    b.add_argument("what", choices=["sam", "game", "refine", "replay", "serve", "ray"])
     b.add_argument("--data", help="data root (default ../shared/data)")
     b.add_argument("--images", type=int, help="images to use (sam: 4 val images; game: 24 train images; replay: 12)")
     b.add_argument("--episodes", type=int, default=40, help="game: episodes to replay")
@@ -170,11 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--base", metavar="DIR", help="an earlier --out of the same protocol: its rows stand for the "
                     "methods not run now (checked: same dataset, references, targets, settings)")
     sam_opts(ev)
+    ray_opts(ev)
     ev.set_defaults(func=cmd_eval)
 
     from ppd.cli.serve import add_parser as add_serve
 
     add_serve(sub, sam_opts, DEFENDER_OPT_HELP)
+    add_embed(sub, sam_opts)
 
     dt = sub.add_parser("data", help="inspect or verify a data root")
     dt.add_argument("what", choices=["verify", "list"])

@@ -31,6 +31,10 @@ def cmd_bench(args) -> int:
         from ppd.bench import bench_serve
 
         bench_serve.run(cache_dir=args.cache_dir, clients=args.clients, client_clicks=args.clicks, out=args.out)
+    elif args.what == "ray":
+        from ppd.bench import bench_ray
+
+        bench_ray.run(data_root=args.data, n_images=args.images or 8, cache_dir=args.cache_dir, out=args.out)
     elif args.what == "game":
         from ppd.bench import bench_game
 
@@ -102,9 +106,16 @@ def cmd_eval_agents(args) -> int:
 
 # ----------------------------------------------------------------------------- eval
 def cmd_eval(args) -> int:
+    from ppd.cli.scale import ray_settings, seg_spec
     from ppd.evaluate import harness
     from ppd.sam.cache import default_cache_dir
 
+    settings = ray_settings(args)
+    executor = None
+    if settings is not None:
+        from ppd.cluster.eval_ray import executor as ray_executor
+
+        executor = ray_executor(settings, seg_spec(args))
     methods = None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
     cfg = harness.EvalConfig(k=args.k, seed=args.seed, attack_steps=args.attack_steps,
                              **({} if args.cycle is None else {"cycle": args.cycle}))
@@ -113,7 +124,10 @@ def cmd_eval(args) -> int:
                                 reference_id=args.reference, limit=args.limit, out_dir=args.out, cfg=cfg,
                                 defender=args.defender, attacker=args.attacker, segmenter=lambda: _segmenter(args),
                                 cache_path=cache_root / "eval" / "results.jsonl", argv=sys.argv, base=args.base,
-                                defender_opts=_defender_opts(args))
+                                defender_opts=_defender_opts(args), executor=executor,
+                                runner=None if settings is None else {"ray": settings.address or "local",
+                                                                      "workers": settings.workers,
+                                                                      "threads": settings.threads})
     print(harness.format_table(summary))
     print(f"wrote {args.out}/summary.md, summary.csv, per_image.csv, run.json")
     return 0

@@ -27,79 +27,19 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ppd.data import Sample
 from ppd.errors import ConfigError, DataError
+from ppd.evaluate.keys import EvalConfig, ResultCache, agent_sha, config_key, refine_settings  # noqa: F401
 from ppd.evaluate.methods import METHODS, TRAINING_FREE, RefJob, TargetJob, target_name  # noqa: F401
 from ppd.evaluate.tables import Row, Summary, format_table, read_base, summarize, write_outputs  # noqa: F401
 from ppd.game.objects import WHOLE, ObjectConfig, ObjectSource
 from ppd.io import file_sha256
 from ppd.metrics import dice, iou
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    k: int = 10  # k-means: prompts kept per class
-    seed: int = 0  # references, target subset, k-means, random removal, attacker layouts
-    attack_steps: int = 8  # attacker moves T for ideal-attacked
-    greedy_max_removals: int = 15
-    # start sets from cycle-consistent matches (ppd.oneshot.match_patches); every fm-* method and
-    # the defender's start set follow it
-    cycle: bool = field(default_factory=lambda: _cycle_default())
-    # part of every cache key: bump it when a method's definition changes (the defender's
-    # weights and inference settings are in the keys of the rows that use it)
-    version: int = 1
-
-
-def _cycle_default() -> bool:
-    from ppd.oneshot import CYCLE
-
-    return CYCLE
-
-
-def config_key(cfg: EvalConfig) -> dict:
-    """The configuration as it enters cache keys and run.json comparisons; settings added later
-    enter only when they differ from their default, so earlier rows keep their keys."""
-    d = asdict(cfg)
-    if not d["cycle"]:
-        del d["cycle"]
-    return d
-
-
-class ResultCache:
-    """Rows in a JSON-lines file, appended one line per write (a kill loses at most that line)."""
-
-    def __init__(self, path: str | os.PathLike | None) -> None:
-        self.path = Path(path) if path is not None else None
-        self.rows: dict[str, Row] = {}
-        self.hits = 0
-        if self.path is not None and self.path.is_file():
-            for line in self.path.read_text().splitlines():
-                try:
-                    r = Row(**json.loads(line))
-                except (ValueError, TypeError):
-                    continue  # a line cut by a kill
-                self.rows[r.key] = r
-
-    def get(self, key: str) -> Row | None:
-        r = self.rows.get(key)
-        self.hits += r is not None
-        return r
-
-    def put(self, row: Row) -> None:
-        self.rows[row.key] = row
-        if self.path is None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, (json.dumps(asdict(row)) + "\n").encode())
-        finally:
-            os.close(fd)
 
 
 def select(samples: list[Sample], references: int = 5, reference_id: str | None = None,
@@ -123,35 +63,6 @@ def select(samples: list[Sample], references: int = 5, reference_id: str | None 
         rng = np.random.default_rng(seed + 1)
         targets = [targets[i] for i in sorted(rng.choice(len(targets), limit, replace=False))]
     return refs, targets
-
-
-def agent_sha(spec, role: str, overrides: dict | None = None) -> str:
-    """Hash of an agent's weights and configuration (and, for the defender, its inference settings,
-    :class:`ppd.refine.DefenderConfig`, which decide its rows too)."""
-    from ppd.agents.dqn import shipped_agent_path
-
-    h = hashlib.sha256()
-    if hasattr(spec, "q"):  # an agent in memory: its configuration and weights
-        h.update(json.dumps(spec.config_dict(), sort_keys=True).encode())
-        for k, v in sorted(spec.q.state_dict().items()):
-            h.update(k.encode())
-            h.update(v.detach().contiguous().numpy().tobytes())
-    elif spec is not None and str(spec) == "untrained":
-        h.update(b"untrained")
-    else:
-        base = shipped_agent_path(role) if spec is None else Path(spec).with_suffix("")
-        for suffix in (".safetensors", ".json"):
-            h.update(file_sha256(base.with_suffix(suffix)).encode())
-    if role == "defender":
-        h.update(json.dumps(refine_settings(spec, overrides), sort_keys=True).encode())
-    return h.hexdigest()
-
-
-def refine_settings(spec=None, overrides: dict | None = None) -> dict:
-    """The settings the harness's defender refines with: the agent's saved ones plus ``overrides``."""
-    from ppd.refine import DefenderConfig, load_agent
-
-    return asdict(DefenderConfig.for_agent(load_agent(spec, "defender"), **(overrides or {})))
 
 
 def check_methods(methods: list[str]) -> None:
@@ -207,6 +118,17 @@ class Agents:
         return self._attacker
 
 
+@dataclass
+class Unit:
+    """One target (or one object of it) to score: the cache key of each (method, reference id) pair, and the
+    pairs whose rows are not cached yet."""
+
+    target: Sample
+    obj: int
+    keys: dict[tuple[str, str], str]
+    todo: list[tuple[str, Sample | None]]
+
+
 class Harness:
     """Runs methods on (target, reference) pairs with one segmenter, caching every row."""
 
@@ -228,6 +150,7 @@ class Harness:
             self.hashes["untrained"] = hashlib.sha256(b"untrained|" + self.hashes["defender"].encode()).hexdigest()
         self.agents = Agents(segmenter, defender, attacker, self.defender_opts, cfg.seed)
         self._files: dict[Path, str] = {}
+        self._per_target: dict = {}  # the current target's frame and objects, shared by its object units
 
     # ------------------------------------------------------------------ keys
     def _sha(self, path: Path) -> str:
@@ -256,42 +179,64 @@ class Harness:
 
     # ------------------------------------------------------------------ running
     def run(self, refs: list[Sample], targets: list[Sample], progress: bool = True,
-            on_row: Callable[[Row], None] | None = None, objects: dict[str, list[int]] | None = None) -> list[Row]:
+            on_row: Callable[[Row], None] | None = None, objects: dict[str, list[int]] | None = None,
+            executor: Callable | None = None) -> list[Row]:
         """Rows of every method on every target (and reference). ``objects``: per ``DATASET/ID``, the instances
         (``ppd.game.objects`` indices) to score one by one instead of the whole mask; only methods
-        without a reference take them."""
+        without a reference take them. ``executor`` (e.g. :func:`ppd.cluster.eval_ray.executor`) computes
+        the missing rows elsewhere: called with this harness and the :class:`Unit` s to compute, it yields
+        lists of new rows, which are cached here as they arrive (a killed run resumes)."""
         from tqdm.auto import tqdm
 
         for s in refs + targets:  # every pair checked before any work (and before the progress bar)
             check_pair_sizes(s)
-        order = [m for m in METHODS if m in self.methods]
-        jobs = [(m, None) for m in order if not METHODS[m].reference]
-        jobs += [(m, r) for r in refs for m in order if METHODS[m].reference]
+        jobs = self.jobs(refs)
         if objects and any(r is not None for _, r in jobs):
             raise ConfigError("single objects are scored by methods without a reference only")
-        units = [(t, k) for t in targets for k in (objects or {}).get(f"{t.dataset}/{t.id}", [WHOLE])]
-        ref_frames: dict = {}  # reference id -> ppd.oneshot.OneShotReference
-        per_target: dict = {}  # the current target's frame and objects, shared by its object units
+        units = [Unit(t, k, {(m, r.id if r else "-"): self.key(m, t, r, k) for m, r in jobs}, [])
+                 for t in targets for k in (objects or {}).get(f"{t.dataset}/{t.id}", [WHOLE])]
+        for u in units:
+            u.todo = [(m, r) for m, r in jobs if self.cache.get(u.keys[(m, r.id if r else "-")]) is None]
+        pending = [u for u in units if u.todo]
+        bar = tqdm(total=len(units), initial=len(units) - len(pending), unit="img", disable=not progress,
+                   desc=f"eval {targets[0].dataset if targets else ''}")
+        if executor is None:
+            ref_frames: dict = {}  # reference id -> ppd.oneshot.OneShotReference
+            for u in pending:
+                self.compute(u, ref_frames)
+                bar.update()
+        else:
+            for new_rows in executor(self, refs, pending):
+                for row in new_rows:
+                    self.cache.put(row)
+                bar.update()
+        bar.close()
         rows: list[Row] = []
-        for t, k in tqdm(units, desc=f"eval {targets[0].dataset if targets else ''}", unit="img",
-                         disable=not progress):
-            keys = {(m, r.id if r else "-"): self.key(m, t, r, k) for m, r in jobs}
-            todo = [(m, r) for m, r in jobs if self.cache.get(keys[(m, r.id if r else "-")]) is None]
-            if todo:
-                for r in {r.id: r for _, r in todo if r is not None}.values():
-                    if r.id not in ref_frames:
-                        ref_frames[r.id] = self._reference(r)
-                if per_target.get("id") != (t.dataset, t.id):
-                    per_target = {"id": (t.dataset, t.id)}
-                self._target(t, k, todo, ref_frames, keys, per_target)
+        for u in units:
             for m, r in jobs:
-                row = self.cache.rows[keys[(m, r.id if r else "-")]]
-                row = Row(**{**asdict(row), "dataset": t.dataset, "target": target_name(t.id, k),
+                row = self.cache.rows[u.keys[(m, r.id if r else "-")]]
+                row = Row(**{**asdict(row), "dataset": u.target.dataset, "target": target_name(u.target.id, u.obj),
                              "reference": r.id if r else "-"})
                 rows.append(row)
                 if on_row:
                     on_row(row)
         return rows
+
+    def jobs(self, refs: list[Sample]) -> list[tuple[str, Sample | None]]:
+        """(method, reference or None) pairs each target is scored with, in the method table's order."""
+        order = [m for m in METHODS if m in self.methods]
+        jobs = [(m, None) for m in order if not METHODS[m].reference]
+        return jobs + [(m, r) for r in refs for m in order if METHODS[m].reference]
+
+    def compute(self, u: Unit, ref_frames: dict) -> list[Row]:
+        """Compute (and cache) the rows ``u.todo`` of one unit; ``ref_frames`` keeps references across calls."""
+        for r in {r.id: r for _, r in u.todo if r is not None}.values():
+            if r.id not in ref_frames:
+                ref_frames[r.id] = self._reference(r)
+        if self._per_target.get("id") != (u.target.dataset, u.target.id):  # objects of one target share its frame
+            self._per_target = {"id": (u.target.dataset, u.target.id)}
+        self._target(u.target, u.obj, u.todo, ref_frames, u.keys, self._per_target)
+        return [self.cache.rows[u.keys[(m, r.id if r else "-")]] for m, r in u.todo]
 
     def _reference(self, ref: Sample):
         from ppd.oneshot import OneShotReference
@@ -328,6 +273,12 @@ class Harness:
                                keys[(m, r.id if r else "-")]))
 
 
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def _git_commit() -> str:
     import subprocess
 
@@ -343,7 +294,8 @@ def run(data_root=None, dataset: str | None = None, split: str = "eval", methods
         out_dir: str | os.PathLike | None = None, cfg: EvalConfig | None = None, defender=None, attacker=None,
         segmenter=None, cache_path: str | os.PathLike | None = None, progress: bool = True,
         argv: list[str] | None = None, base: str | os.PathLike | None = None,
-        defender_opts: dict | None = None) -> tuple[list[Row], list[Summary]]:
+        defender_opts: dict | None = None, executor: Callable | None = None,
+        runner: dict | None = None) -> tuple[list[Row], list[Summary]]:
     """Select references and targets, run (or read from the cache) every method, write ``out_dir``.
 
     ``segmenter``: a Segmenter, or a function making one (called only once the
@@ -352,6 +304,7 @@ def run(data_root=None, dataset: str | None = None, split: str = "eval", methods
     references, targets, settings; checked) whose rows stand for every method not
     run now, e.g. to recompute only the defender's methods after a new defender
     without the hours of the greedy oracle; ``run.json`` records where each came from.
+    ``executor`` / ``runner``: compute the rows elsewhere (``ppd eval --ray``) and say so in run.json.
     """
     from ppd import data
     from ppd.sam import Segmenter
@@ -389,7 +342,7 @@ def run(data_root=None, dataset: str | None = None, split: str = "eval", methods
         cache_path = default_cache_dir() / "eval" / "results.jsonl"
     harness = Harness(seg, methods, cfg, defender=defender, attacker=attacker, cache=ResultCache(cache_path),
                       defender_opts=defender_opts)
-    rows = harness.run(refs, targets, progress=progress)
+    rows = harness.run(refs, targets, progress=progress, executor=executor)
     if base_rows:  # in the method table's order
         rows = sorted(base_rows + rows, key=lambda r: list(METHODS).index(r.method))
     summary = summarize(rows)
@@ -401,6 +354,7 @@ def run(data_root=None, dataset: str | None = None, split: str = "eval", methods
                 "defender_settings": refine_settings(defender, defender_opts) if harness.hashes["defender"] else None,
                 "attacker": str(attacker) if attacker else "shipped", "cache": str(cache_path),
                 "encoder": getattr(seg, "encoder", "eager"),
+                "runner": runner or {"process": "serial", "threads": _threads()},
                 "cache_hits": harness.cache.hits}
         with out:
             write_outputs(out.ensure(), rows, summary, info)

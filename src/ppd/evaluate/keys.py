@@ -1,0 +1,103 @@
+"""What ``ppd eval`` rows are keyed and cached by: the protocol's settings, the agents' hashes, and the
+JSON-lines result cache (one line per row, so a killed run loses at most that line and resumes)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ppd.evaluate.tables import Row
+from ppd.io import file_sha256
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    k: int = 10  # k-means: prompts kept per class
+    seed: int = 0  # references, target subset, k-means, random removal, attacker layouts
+    attack_steps: int = 8  # attacker moves T for ideal-attacked
+    greedy_max_removals: int = 15
+    # start sets from cycle-consistent matches (ppd.oneshot.match_patches); every fm-* method and
+    # the defender's start set follow it
+    cycle: bool = field(default_factory=lambda: _cycle_default())
+    # part of every cache key: bump it when a method's definition changes (the defender's
+    # weights and inference settings are in the keys of the rows that use it)
+    version: int = 1
+
+
+def _cycle_default() -> bool:
+    from ppd.oneshot import CYCLE
+
+    return CYCLE
+
+
+def config_key(cfg: EvalConfig) -> dict:
+    """The configuration as it enters cache keys and run.json comparisons; settings added later
+    enter only when they differ from their default, so earlier rows keep their keys."""
+    d = asdict(cfg)
+    if not d["cycle"]:
+        del d["cycle"]
+    return d
+
+
+class ResultCache:
+    """Rows in a JSON-lines file, appended one line per write (a kill loses at most that line)."""
+
+    def __init__(self, path: str | os.PathLike | None) -> None:
+        self.path = Path(path) if path is not None else None
+        self.rows: dict[str, Row] = {}
+        self.hits = 0
+        if self.path is not None and self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                try:
+                    r = Row(**json.loads(line))
+                except (ValueError, TypeError):
+                    continue  # a line cut by a kill
+                self.rows[r.key] = r
+
+    def get(self, key: str) -> Row | None:
+        r = self.rows.get(key)
+        self.hits += r is not None
+        return r
+
+    def put(self, row: Row) -> None:
+        self.rows[row.key] = row
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (json.dumps(asdict(row)) + "\n").encode())
+        finally:
+            os.close(fd)
+
+
+def agent_sha(spec, role: str, overrides: dict | None = None) -> str:
+    """Hash of an agent's weights and configuration (and, for the defender, its inference settings,
+    :class:`ppd.refine.DefenderConfig`, which decide its rows too)."""
+    from ppd.agents.dqn import shipped_agent_path
+
+    h = hashlib.sha256()
+    if hasattr(spec, "q"):  # an agent in memory: its configuration and weights
+        h.update(json.dumps(spec.config_dict(), sort_keys=True).encode())
+        for k, v in sorted(spec.q.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().contiguous().numpy().tobytes())
+    elif spec is not None and str(spec) == "untrained":
+        h.update(b"untrained")
+    else:
+        base = shipped_agent_path(role) if spec is None else Path(spec).with_suffix("")
+        for suffix in (".safetensors", ".json"):
+            h.update(file_sha256(base.with_suffix(suffix)).encode())
+    if role == "defender":
+        h.update(json.dumps(refine_settings(spec, overrides), sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def refine_settings(spec=None, overrides: dict | None = None) -> dict:
+    """The settings the harness's defender refines with: the agent's saved ones plus ``overrides``."""
+    from ppd.refine import DefenderConfig, load_agent
+
+    return asdict(DefenderConfig.for_agent(load_agent(spec, "defender"), **(overrides or {})))
