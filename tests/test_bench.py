@@ -44,3 +44,13 @@ def test_bench_serve_small_load(cache_dir, tmp_path, capsys):
     assert 0 < res["click"]["p50_ms"] <= res["click"]["max_ms"] and res["defend"]["n"] == 2
     assert res["rss_mb"]["within"], res["rss_mb"]
     assert "server RSS" in capsys.readouterr().out
+
+
+def test_bench_oneshot_smoke(capsys):
+    from ppd.bench import bench_oneshot
+
+    res = bench_oneshot.run(n_targets=3, progress=False)
+    assert res["targets"] == 3 and res["masks_equal"]
+    assert set(res["loop"]["stage_share"]) == set(bench_oneshot.STAGES)
+    assert abs(sum(res["loop"]["stage_share"].values()) - 1) < 0.01 and res["speedup"] > 0
+    assert "masks equal between the paths: True" in capsys.readouterr().out

@@ -15,7 +15,9 @@ candidates' coordinates, and the candidate nearest each centroid.
 
 from __future__ import annotations
 
+import itertools
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -229,6 +231,29 @@ class OneShot:
         if self.mode == "union" and (labs[res.kept] == 1).any():
             res.mask, _ = union_of_instances(self.seg, frame, pts[res.kept], labs[res.kept])
         return OneShotResult(prop, res, self.mode)
+
+
+def stream(pipe: OneShot, loaders: Iterable[Callable[[], np.ndarray]], prefetch: int = 1
+           ) -> Iterator[tuple[np.ndarray, Frame, OneShotResult]]:
+    """``pipe.run`` over many targets, in order: per target (image, frame, result). While one target is
+    refined here, the next ``prefetch`` are read and embedded on a helper thread: the defender's small
+    decodes leave cores idle that the encoder uses (``ppd bench oneshot``). Same results as a loop."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    def load(fn):
+        image = fn()
+        return image, pipe.frame(image)
+
+    it = iter(loaders)
+    with ThreadPoolExecutor(1, thread_name_prefix="ppd-encode") as ex:
+        pending = deque(ex.submit(load, fn) for fn in itertools.islice(it, max(1, prefetch)))
+        while pending:
+            image, frame = pending.popleft().result()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(ex.submit(load, nxt))
+            yield image, frame, pipe.run(frame)
 
 
 class FeatureMatcher:

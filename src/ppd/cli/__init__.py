@@ -67,9 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     b = sub.add_parser("bench", help="benchmarks printing figures measured side by side")
-    b.add_argument("what", choices=["sam", "game", "refine", "replay", "serve", "ray"])
+    b.add_argument("what", choices=["sam", "game", "refine", "replay", "serve", "ray", "oneshot"])
     b.add_argument("--data", help="data root (default ../shared/data)")
-    b.add_argument("--images", type=int, help="images to use (sam: 4 val images; game: 24 train images; replay: 12)")
+    b.add_argument("--images", type=int, help="images to use (sam: 4 val images; game: 24 train images; replay: 12; "
+                   "oneshot: 50 kvasir val targets; ray: 8)")
     b.add_argument("--episodes", type=int, default=40, help="game: episodes to replay")
     b.add_argument("--transitions", type=int, default=1000, help="replay: random transitions stored per role")
     b.add_argument("--seed", type=int, default=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from importlib import resources
@@ -190,7 +191,8 @@ def cmd_oneshot(args) -> int:
     ref = read_image(args.ref)
     ref_mask = read_mask(args.ref_mask, shape=ref.shape[:2], threshold=args.mask_threshold)
     paths = expand_targets(args.target)
-    targets = [(t, read_image(t)) for t in paths]  # all readable before any work
+    for t in paths:  # all readable before any work (then dropped: memory does not grow with the folder)
+        read_image(t)
     stems = output_stems(paths)
     for t, stem in zip(paths, stems, strict=True):
         if stem != Path(t).stem:
@@ -203,15 +205,26 @@ def cmd_oneshot(args) -> int:
     pipe.set_reference(ref, ref_mask)
     if pipe.mode != "single":
         _say(f"the reference holds several objects: {MODE_NOTE[pipe.mode]} (--instances)")
-    bar = tqdm(list(zip(targets, stems, strict=True)), desc="targets", disable=len(targets) < 2)
-    with out:
-        for (path, image), stem in bar:
-            frame = seg.frame(image)
-            prop = pipe.propose(frame)
-            if len(prop.candidates) == 0:
-                raise InvalidPromptError(f"feature matching found no prompt on {path}")
-            res = pipe.run(frame, prop).refined
-            _write_refined(out.ensure(), stem, image, res)
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ppd.oneshot import stream
+
+    # the next target is read and embedded, and the last one's files written, while this one is refined
+    results = stream(pipe, [functools.partial(read_image, t) for t in paths])
+    bar = tqdm(zip(paths, stems, strict=True), total=len(paths), desc="targets", disable=len(paths) < 2)
+    with out, ThreadPoolExecutor(1, thread_name_prefix="ppd-write") as writer:
+        writes = []
+        for path, stem in bar:
+            try:
+                image, _frame, result = next(results)
+            except InvalidPromptError as e:  # e.g. feature matching found no prompt: name the file
+                raise InvalidPromptError(f"{path}: {e}") from None
+            prop, res = result.proposal, result.refined
+            writes.append(writer.submit(_write_refined, out.ensure(), stem, image, res))
             tqdm.write(f"{stem}: {len(prop.candidates)} FM candidates -> {len(prop.index)} after k-means -> "
                        f"{int(res.kept.sum())} kept; SAM IoU {res.iou:.3f}")
+            while len(writes) > 2:  # at most two images waiting to be written
+                writes.pop(0).result()
+        for w in writes:
+            w.result()
     return 0

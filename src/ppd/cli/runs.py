@@ -31,6 +31,10 @@ def cmd_bench(args) -> int:
         from ppd.bench import bench_serve
 
         bench_serve.run(cache_dir=args.cache_dir, clients=args.clients, client_clicks=args.clicks, out=args.out)
+    elif args.what == "oneshot":
+        from ppd.bench import bench_oneshot
+
+        bench_oneshot.run(data_root=args.data, n_targets=args.images or 50, out=args.out)
     elif args.what == "ray":
         from ppd.bench import bench_ray
 
