@@ -53,4 +53,4 @@ def test_bench_oneshot_smoke(capsys):
     assert res["targets"] == 3 and res["masks_equal"]
     assert set(res["loop"]["stage_share"]) == set(bench_oneshot.STAGES)
     assert abs(sum(res["loop"]["stage_share"].values()) - 1) < 0.01 and res["speedup"] > 0
-    assert "masks equal between the paths: True" in capsys.readouterr().out
+    assert "masks equal between the loop and the stream (eager): True" in capsys.readouterr().out

@@ -7,7 +7,8 @@ oneshot`` writes (mask, overlay, prompts JSON):
 * loop (session 6's ``ppd oneshot``): per target read -> encode -> propose -> refine -> write, each
   stage timed (their shares of the time);
 * stream (``ppd.oneshot.stream``, today's ``ppd oneshot``): the next target is read and encoded on a
-  helper thread while this one is refined, and outputs are written by a second helper.
+  helper thread while this one is refined, and outputs are written by a second helper;
+* the stream with the opt-in ONNX Runtime encoder (``--encoder onnx``; its export is cached).
 
 Also: the masks of the two paths are compared (they must be equal), and the process's resident
 memory is read after every streamed target (growth per target, from a line fit past the first 10).
@@ -35,12 +36,18 @@ def rss_mb() -> float:
     return float("nan")
 
 
-def _pipe(cache: Path, agent):
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.unpackbits(a).astype(bool), np.unpackbits(b).astype(bool)
+    union = (a | b).sum()
+    return float((a & b).sum() / union) if union else 1.0
+
+
+def _pipe(cache: Path, agent, encoder: str = "eager"):
     from ppd.oneshot import OneShot
     from ppd.refine import Defender
     from ppd.sam import Segmenter
 
-    seg = Segmenter(cache_dir=cache)
+    seg = Segmenter(cache_dir=cache, encoder=encoder)
     return OneShot(seg, Defender(agent, segmenter=seg), k=10)
 
 
@@ -60,6 +67,7 @@ def run(data_root=None, n_targets: int = 50, dataset: str = "kvasir", split: str
     with tempfile.TemporaryDirectory(prefix="ppd-bench-oneshot-") as tmp:
         tmp = Path(tmp)
         # ---------------------------------------------------------------- today's loop, stage by stage
+        (tmp / "out-loop").mkdir()
         pipe = _pipe(tmp / "cache-loop", agent)
         pipe.set_reference(ref.image(), ref.mask())
         times = {k: 0.0 for k in STAGES}
@@ -79,34 +87,47 @@ def run(data_root=None, n_targets: int = 50, dataset: str = "kvasir", split: str
             t5 = time.perf_counter()
             for k, dt in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
                 times[k] += dt
-            masks["loop"].append(result.mask)
+            masks["loop"].append(np.packbits(result.mask))  # packed: the bench's own memory stays small
         wall_loop = time.perf_counter() - t_all
         total = sum(times.values())
         res["loop"] = {"wall_s": round(wall_loop, 2), "images_per_min": round(60 * len(targets) / wall_loop, 1),
                        "stage_s": {k: round(v, 2) for k, v in times.items()},
                        "stage_share": {k: round(v / total, 3) for k, v in times.items()}}
         del pipe
-        # ---------------------------------------------------------------- the streamed path
+        # ---------------------------------------------------------------- the streamed path (eager; then ONNX)
         from ppd.oneshot import stream
 
-        pipe = _pipe(tmp / "cache-stream", agent)
-        pipe.set_reference(ref.image(), ref.mask())
-        (tmp / "out-stream").mkdir()
-        masks["stream"], rss = [], []
-        t_all = time.perf_counter()
-        with ThreadPoolExecutor(1, thread_name_prefix="ppd-write") as writer:
-            writes = []
-            loaders = [s.image for s in targets]
-            for s, (image, _frame, result) in tqdm(zip(targets, stream(pipe, loaders), strict=True),
-                                                   total=len(targets), desc="stream", disable=not progress):
-                writes.append(writer.submit(_write_refined, tmp / "out-stream", s.id, image, result.refined))
-                masks["stream"].append(result.mask)
-                rss.append(rss_mb())
-            for w in writes:
-                w.result()
-        wall = time.perf_counter() - t_all
-        res["stream"] = {"wall_s": round(wall, 2), "images_per_min": round(60 * len(targets) / wall, 1)}
-    res["speedup"] = round(wall_loop / wall, 2)
+        rss: list[float] = []
+        for name, encoder in (("stream", "eager"), ("stream_onnx", "onnx")):
+            if encoder == "onnx":
+                try:
+                    import onnxruntime  # noqa: F401
+                except ImportError:
+                    continue
+            pipe = _pipe(tmp / f"cache-{name}", agent, encoder)
+            pipe.set_reference(ref.image(), ref.mask())
+            (tmp / f"out-{name}").mkdir()
+            masks[name] = []
+            t_all = time.perf_counter()
+            with ThreadPoolExecutor(1, thread_name_prefix="ppd-write") as writer:
+                writes = []
+                for s, (image, _frame, result) in tqdm(zip(targets, stream(pipe, [s.image for s in targets]),
+                                                           strict=True), total=len(targets), desc=name,
+                                                       disable=not progress):
+                    writes.append(writer.submit(_write_refined, tmp / f"out-{name}", s.id, image, result.refined))
+                    masks[name].append(np.packbits(result.mask))
+                    if encoder == "eager":
+                        rss.append(rss_mb())
+                for w in writes:
+                    w.result()
+            wall = time.perf_counter() - t_all
+            res[name] = {"wall_s": round(wall, 2), "images_per_min": round(60 * len(targets) / wall, 1),
+                         "speedup_vs_loop": round(wall_loop / wall, 2)}
+            del pipe
+        if "stream_onnx" in masks:
+            res["stream_onnx"]["mask_iou_vs_eager_mean"] = round(float(np.mean(
+                [_iou(a, b) for a, b in zip(masks["loop"], masks["stream_onnx"], strict=True)])), 4)
+    res["speedup"] = res["stream"]["speedup_vs_loop"]
     res["masks_equal"] = all(np.array_equal(a, b) for a, b in zip(masks["loop"], masks["stream"], strict=True))
     x = np.arange(len(rss))[10:]
     slope = float(np.polyfit(x, np.asarray(rss)[10:], 1)[0]) if len(x) >= 5 else float("nan")
@@ -127,7 +148,12 @@ def _print(r: dict) -> None:
     st = r["stream"]
     print(f"  stream (encode next / write last on helper threads): {st['wall_s']:7.1f} s  "
           f"{st['images_per_min']:5.1f} images/min  -> {r['speedup']:.2f}x the loop (goal >= 1.4x)")
-    print(f"  masks equal between the paths: {r['masks_equal']}")
+    if "stream_onnx" in r:
+        so = r["stream_onnx"]
+        print(f"  stream + ONNX Runtime encoder (opt-in --encoder onnx): {so['wall_s']:7.1f} s  "
+              f"{so['images_per_min']:5.1f} images/min  -> {so['speedup_vs_loop']:.2f}x the loop; masks vs eager: "
+              f"mean IoU {so['mask_iou_vs_eager_mean']:.4f}")
+    print(f"  masks equal between the loop and the stream (eager): {r['masks_equal']}")
     m = r["rss_mb"]
     print(f"  RSS over the streamed targets: {m['after_first']} MiB after the first, peak {m['peak']} MiB, "
           f"growth {m['growth_mb_per_target']:+.2f} MiB / target (fit over targets 11..{r['targets']})")

@@ -69,3 +69,4 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+        self.log.unlink(missing_ok=True)  # a failed start already quoted it in its error
