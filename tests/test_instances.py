@@ -77,3 +77,42 @@ def test_oneshot_auto_mode_on_the_shipped_nuclei(segmenter):
         assert np.array_equal(out[mode].mask, segmenter.decode(frame, p.points, p.labels).mask)
     p = out["union"].proposal
     assert np.array_equal(out["union"].mask, union_of_instances(segmenter, frame, p.points, p.labels)[0])
+
+
+def test_choose_step_iou_margin():
+    from ppd.refine import choose_step
+
+    trace = [(0.90, 0.0, 0.0), (0.905, 0.0, 0.0), (0.93, 0.0, 0.0), (0.91, 0.0, 0.0)]
+    assert choose_step(trace, "iou") == 2
+    assert choose_step(trace, "iou", iou_margin=0.02) == 2
+    assert choose_step(trace, "iou", iou_margin=0.05) == 0  # nothing beats the start set by 0.05
+    assert choose_step(trace, "last", iou_margin=0.05) == 3
+
+
+def test_many_mode_defender_keeps_a_state_only_past_the_iou_margin(segmenter):
+    """Through the model on the shipped nuclei: in many mode the kept state beats the start set's predicted
+    IoU by MANY_IOU_MARGIN, or the start set is kept whole; single mode is left as configured."""
+    from importlib import resources
+
+    from ppd.instances import MANY_IOU_MARGIN
+    from ppd.io import read_image, read_mask
+    from ppd.oneshot import OneShot
+    from ppd.refine import Defender
+
+    root = resources.files("ppd") / "assets" / "oneshot"
+    with resources.as_file(root / "fluo-ref.jpg") as p, resources.as_file(root / "fluo-ref.mask.png") as m:
+        ref, ref_mask = read_image(p), read_mask(m)
+    defender = Defender(segmenter=segmenter)
+    assert defender.config.iou_margin == 0.0 and defender.config.select == "iou"
+    pipe = OneShot(segmenter, defender)
+    pipe.set_reference(ref, ref_mask)
+    assert pipe.mode == "many"
+    for name in ("fluo-a.jpg", "fluo-b.jpg"):
+        with resources.as_file(root / name) as p:
+            res = pipe.run(read_image(p)).refined
+        step = len(res.order)
+        assert step == 0 or res.trace[step][0] >= res.trace[0][0] + MANY_IOU_MARGIN
+        assert res.iou == pytest.approx(res.trace[step][0])
+        best = int(np.argmax([t[0] for t in res.trace]))
+        if res.trace[best][0] < res.trace[0][0] + MANY_IOU_MARGIN:  # the margin decided: start set kept
+            assert res.kept.all()

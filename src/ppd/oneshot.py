@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ppd.errors import ConfigError, ImageNotSetError, InvalidPromptError
 from ppd.graph import Reference
-from ppd.instances import check_mode, resolve_mode, start_k, union_of_instances
+from ppd.instances import MANY_IOU_MARGIN, check_mode, resolve_mode, start_k, union_of_instances
 from ppd.io import check_image_array, check_reference_mask
 from ppd.prompts import check_k
 from ppd.refine import Defender, RefineResult
@@ -226,8 +226,11 @@ class OneShot:
             pred = self.seg.decode(frame, pts, labs)
             res.mask, res.iou = pred.mask, pred.iou
         else:
-            ref = self.ref.graph_reference(self.defender.config.graph_grid)
-            res = self.defender.refine_frame(frame, pts, labs, reference=ref)
+            cfg = self.defender.config
+            if self.mode == "many":  # see ppd.instances.MANY_IOU_MARGIN
+                cfg = replace(cfg, iou_margin=max(cfg.iou_margin, MANY_IOU_MARGIN))
+            ref = self.ref.graph_reference(cfg.graph_grid)
+            res = self.defender.refine_frame(frame, pts, labs, reference=ref, config=cfg)
         if self.mode == "union" and (labs[res.kept] == 1).any():
             res.mask, _ = union_of_instances(self.seg, frame, pts[res.kept], labs[res.kept])
         return OneShotResult(prop, res, self.mode)

@@ -62,13 +62,16 @@ def load_agent(spec: DQNAgent | str | Path | None, role: str, like: DQNAgent | N
 SELECT_RULES = ("last", "iou", "reference")
 
 
-def choose_step(trace: list[tuple[float, float, float]], rule: str) -> int:
-    """Index of the chosen state in a :attr:`RefineResult.trace`."""
+def choose_step(trace: list[tuple[float, float, float]], rule: str, iou_margin: float = 0.0) -> int:
+    """Index of the chosen state in a :attr:`RefineResult.trace`. With ``iou``, a later state must beat the
+    start set's predicted IoU by ``iou_margin`` (else the start set is kept: argmax over near-equal noisy
+    estimates picks noise)."""
     last = len(trace) - 1
     if rule == "last" or not trace:
         return last
     if rule == "iou":
-        return int(np.argmax([iou for iou, _, _ in trace]))
+        j = int(np.argmax([iou for iou, _, _ in trace]))
+        return j if trace[j][0] >= trace[0][0] + iou_margin else 0
     score = np.array([fg - bg for _, fg, bg in trace])
     if np.isnan(score).all():
         return last
@@ -116,6 +119,7 @@ class DefenderConfig:
     min_keep_per_class: int = 1
     myopic: bool = False  # show every state as an episode's last step
     select: str = "last"  # which visited state to keep (SELECT_RULES)
+    iou_margin: float = 0.0  # select="iou": a later state must beat the start set's SAM IoU by this much
     graph_grid: int = 32  # the dual graph the agent was trained on
     knn: int = 8
 
@@ -240,8 +244,9 @@ class Defender:
 
     @torch.no_grad()
     def refine_frame(self, frame: Frame, points, labels, reference: Reference | None = None,
-                     max_removals: int | None = None) -> RefineResult:
-        """Remove misleading prompts on ``frame`` (see the module doc) and segment with the rest."""
+                     max_removals: int | None = None, config: DefenderConfig | None = None) -> RefineResult:
+        """Remove misleading prompts on ``frame`` (see the module doc) and segment with the rest.
+        ``config``: settings for this call instead of :attr:`config` (e.g. many-object start sets)."""
         if not isinstance(frame, Frame):
             raise ConfigError(f"refine_frame needs a ppd.sam.Frame, got {type(frame).__name__}")
         pts, labs = check_points(points, labels, frame.original_size)
@@ -250,7 +255,7 @@ class Defender:
             raise InvalidPromptError("no prompts to refine")
         rows = self.agent.rows
         res = RefineResult(points=pts, labels=labs, kept=np.ones(n, bool))
-        c = self.config
+        c = config or self.config
         budget = c.max_removals if max_removals is None else max_removals
         check_prompt_count(n, rows)
         graph = self.graph_of(frame)
@@ -292,7 +297,7 @@ class Defender:
             res.kept[best] = False
             res.order.append(best)
             res.q_values.append(float(q[best]))
-        step = choose_step(res.trace, c.select)
+        step = choose_step(res.trace, c.select, c.iou_margin)
         if step < len(res.order):  # undo the removals after the chosen state
             for i in res.order[step:]:
                 res.kept[i] = True

@@ -100,4 +100,7 @@ def refine_settings(spec=None, overrides: dict | None = None) -> dict:
     """The settings the harness's defender refines with: the agent's saved ones plus ``overrides``."""
     from ppd.refine import DefenderConfig, load_agent
 
-    return asdict(DefenderConfig.for_agent(load_agent(spec, "defender"), **(overrides or {})))
+    d = asdict(DefenderConfig.for_agent(load_agent(spec, "defender"), **(overrides or {})))
+    if d.get("iou_margin") == 0.0:  # added in session 7: rows made before keep their keys
+        del d["iou_margin"]
+    return d
