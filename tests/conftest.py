@@ -84,3 +84,17 @@ def plain_folder(folder, samples):
         shutil.copy(s.image_path, folder / "images" / s.image_path.name)
         shutil.copy(s.mask_path, folder / "masks" / s.mask_path.name)
     return folder
+
+
+def need(module: str):
+    """Import an optional dependency, or skip loudly; under ``CI=true`` its absence fails the test."""
+    import importlib
+    import os
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        why = f"OPTIONAL DEPENDENCY MISSING: {module} (the setup installs it: scripts/setup-venv.sh)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(why)
+        pytest.skip(why, allow_module_level=True)

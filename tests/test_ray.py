@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-ray = pytest.importorskip("ray")
+from conftest import need, pick  # noqa: E402
 
-from conftest import pick  # noqa: E402
+ray = need("ray")
 
 
 @pytest.fixture(scope="module")

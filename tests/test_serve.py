@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import threading
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import interior_point, need, pick  # noqa: E402
 from ppd.io import read_image, read_mask
 
-pytest.importorskip("fastapi")
-pytest.importorskip("python_multipart")
+need("fastapi")
+need("python_multipart")
 from fastapi.testclient import TestClient  # noqa: E402
-
-from conftest import interior_point, pick  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +188,19 @@ def test_bad_input_is_a_4xx_json_line(client, app, manifest):
     check(client.post(f"/api/sessions/{sid}/images", files=files(b"")), 400, "empty")
     big = b"\x89PNG" + bytes(21 * 2**20)
     check(client.post(f"/api/sessions/{sid}/images", files=files(big)), 413, "20 MB")
-    check(client.post(f"/api/sessions/{sid}/samples/..%2F..%2Fetc%2Fpasswd"), 404, "")
+    check(client.post(f"/api/sessions/{sid}/samples/..%2F..%2Fetc%2Fpasswd"), 404, "")  # the router refuses
+    check(client.post(f"/api/sessions/{sid}/samples/..passwd"), 404, "no shipped sample")
+    check(client.post(f"/api/sessions/{sid}/images", files=files(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 9 9\n")),
+          400, "cannot read")
+
+    def chunked():  # no Content-Length: the guard counts the bytes itself
+        for _ in range(22):
+            yield bytes(2**20)
+
+    check(client.post(f"/api/sessions/{sid}/images", content=chunked(),
+                      headers={"Content-Type": "multipart/form-data; boundary=x"}), 413, "20 MB")
+    check(client.post("/api/sessions", headers={"Origin": "http://evil.example"}), 403, "evil.example")
+    assert client.post("/api/sessions", headers={"Origin": "http://testserver:8000"}).status_code == 200
     check(client.post(f"/api/sessions/{sid}/samples/nope"), 404, "no shipped sample")
     check(client.get("/api/sessions/forged/images/x"), 404, "session")
     other = session(client)
@@ -249,14 +259,15 @@ def test_frames_lru_and_concurrent_sessions(app, client):
         assert twin is None or twin == m
 
 
-def test_cli_serve_bad_options(tmp_path):
+def test_cli_serve_bad_options(tmp_path, capsys):
     from ppd.cli import main
     from ppd.cli.serve import allowed_hosts
 
     assert main(["serve", "--port", "70000"]) == 2
-    assert "0.0.0.0" not in allowed_hosts("0.0.0.0", None)
+    assert "--port" in capsys.readouterr().err
+    assert "0.0.0.0" not in allowed_hosts("0.0.0.0", None) and "::" not in allowed_hosts("::", None)
     assert "box.lan" in allowed_hosts("0.0.0.0", ["box.lan"]) and "10.0.0.2" in allowed_hosts("10.0.0.2", None)
-    json.dumps(allowed_hosts("::", None))
+    assert "[fe80::1]" in allowed_hosts("fe80::1", None)
 
 
 def test_a_long_job_does_not_delay_other_sessions_clicks(client):
@@ -286,3 +297,17 @@ def test_a_long_job_does_not_delay_other_sessions_clicks(client):
     t.join()
     assert done["job_status"] == 200
     assert done["clicks"] < done["job"], (done["clicks"] - start, done["job"] - start)
+
+
+def test_the_reference_image_is_never_evicted(client):
+    """A session keeps 32 images (LRU), but never drops its one-shot reference: Defend and one-shot keep working."""
+    from ppd.serve.sessions import MAX_IMAGES
+
+    sid = session(client)
+    ref = client.post(f"/api/sessions/{sid}/samples/coins-ref").json()
+    assert client.post(f"/api/sessions/{sid}/reference", json={"image": ref["image"]}).status_code == 200
+    opened = [client.post(f"/api/sessions/{sid}/samples/coins-a").json() for _ in range(MAX_IMAGES + 2)]
+    assert client.get(opened[0]["url"]).status_code == 404  # the oldest target went
+    assert client.get(ref["url"]).status_code == 200  # the reference stayed
+    r = client.post(f"/api/sessions/{sid}/images/{opened[-1]['image']}/defend", json={"points": [[60, 60]]})
+    assert r.status_code == 200 and r.json()["used_reference"] is True

@@ -16,8 +16,9 @@ def allowed_hosts(host: str, extra: list[str] | None) -> list[str]:
 
     names = list(LOOPBACK_HOSTS)
     try:
-        if not ipaddress.ip_address(host).is_unspecified:  # 0.0.0.0 names no host a browser would send
-            names.append(host)
+        ip = ipaddress.ip_address(host)
+        if not ip.is_unspecified:  # 0.0.0.0 names no host a browser would send
+            names += [host, f"[{host}]"] if ip.version == 6 else [host]
     except ValueError:
         names.append(host)  # a host name
     return names + list(extra or [])

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from ppd.errors import ConfigError
+from ppd.errors import ConfigError, PPDError
 
 
 def executor(settings, seg_spec):
@@ -58,9 +58,21 @@ def executor(settings, seg_spec):
         pool = ActorPool(actors)
 
         def submit(actor, unit):
-            known = [h.cache.rows[k] for k in unit.keys.values() if k in h.cache.rows]
+            # rows the unit's methods read: its own cached ones, and the defended rows whose removal count
+            # fm-random / ideal-attacked-random reuse even when the defended method is not run now
+            keys = set(unit.keys.values())
+            refs_of = {r.id: r for _, r in unit.todo if r is not None}
+            keys.add(h.key("ideal-attacked-defended", unit.target, None, unit.obj))
+            keys |= {h.key("fm-ppd", unit.target, r, unit.obj) for r in refs_of.values()}
+            known = [h.cache.rows[k] for k in keys if k in h.cache.rows]
             return actor.compute.remote(unit, known)
 
-        yield from pool.map_unordered(submit, pending)
+        try:
+            yield from pool.map_unordered(submit, pending)
+        except ray.exceptions.RayError as e:  # a worker's own PPDError (bad data, missing agent): one line
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, PPDError):
+                raise cause from None
+            raise
 
     return run

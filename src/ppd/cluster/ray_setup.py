@@ -38,6 +38,10 @@ def init(settings: RaySettings):
             ray.init(num_cpus=max(need, os.cpu_count() or 1), **kw)
         else:
             ray.init(address=settings.address, **kw)
+    have = ray.cluster_resources().get("CPU", 0)
+    if settings.workers * settings.threads > have:  # Ray would leave the extra actors pending forever
+        raise ConfigError(f"{settings.workers} workers x {settings.threads} threads need "
+                          f"{settings.workers * settings.threads} CPUs; this Ray instance has {have:g}")
     return ray
 
 

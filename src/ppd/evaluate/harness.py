@@ -34,6 +34,7 @@ import numpy as np
 
 from ppd.data import Sample
 from ppd.errors import ConfigError, DataError
+from ppd.evaluate.agents import Agents
 from ppd.evaluate.keys import EvalConfig, ResultCache, agent_sha, config_key, refine_settings  # noqa: F401
 from ppd.evaluate.methods import METHODS, TRAINING_FREE, RefJob, TargetJob, target_name  # noqa: F401
 from ppd.evaluate.tables import Row, Summary, format_table, read_base, summarize, write_outputs  # noqa: F401
@@ -79,43 +80,6 @@ def check_pair_sizes(s: Sample) -> None:
     (ih, iw), (mh, mw) = stored_size(s.image_path, "image"), stored_size(s.mask_path, "mask")
     if (ih, iw) != (mh, mw):
         raise DataError(f"{s.mask_path}: mask is {mw}x{mh}, image {iw}x{ih}")
-
-
-class Agents:
-    """The defender and attacker a harness runs, loaded on first use (a run of training-free methods
-    never loads them)."""
-
-    def __init__(self, segmenter, defender=None, attacker=None, defender_opts: dict | None = None,
-                 seed: int = 0) -> None:
-        self.seg, self.specs, self.opts, self.seed = segmenter, (defender, attacker), dict(defender_opts or {}), seed
-        self._defender = self._attacker = self._untrained = None
-
-    @property
-    def defender(self):
-        if self._defender is None:
-            from ppd.refine import Defender, load_agent
-
-            self._defender = Defender(load_agent(self.specs[0], "defender", seed=self.seed), segmenter=self.seg,
-                                      **self.opts)
-        return self._defender
-
-    @property
-    def untrained(self):
-        """A randomly initialised defender shaped like the evaluated one (seeded), its settings alike."""
-        if self._untrained is None:
-            from ppd.refine import Defender, load_agent
-
-            self._untrained = Defender(load_agent("untrained", "defender", like=self.defender.agent, seed=self.seed),
-                                       segmenter=self.seg, config=self.defender.config)
-        return self._untrained
-
-    @property
-    def attacker(self):
-        if self._attacker is None:
-            from ppd.refine import load_agent
-
-            self._attacker = load_agent(self.specs[1], "attacker", seed=self.seed)
-        return self._attacker
 
 
 @dataclass
@@ -185,7 +149,8 @@ class Harness:
         (``ppd.game.objects`` indices) to score one by one instead of the whole mask; only methods
         without a reference take them. ``executor`` (e.g. :func:`ppd.cluster.eval_ray.executor`) computes
         the missing rows elsewhere: called with this harness and the :class:`Unit` s to compute, it yields
-        lists of new rows, which are cached here as they arrive (a killed run resumes)."""
+        lists of new rows, which are cached here as they arrive (a killed run resumes). ``on_row`` sees
+        every row, in the table's order, once all are computed."""
         from tqdm.auto import tqdm
 
         for s in refs + targets:  # every pair checked before any work (and before the progress bar)
@@ -211,6 +176,7 @@ class Harness:
                     self.cache.put(row)
                 bar.update()
         bar.close()
+        self._per_target = {}  # the last target's frame does not outlive the run
         rows: list[Row] = []
         for u in units:
             for m, r in jobs:

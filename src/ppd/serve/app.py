@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 from importlib import resources
 
 import numpy as np
-from fastapi import FastAPI, File, Request, UploadFile
+from fastapi import FastAPI, File, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from ppd.errors import ConfigError, PPDError
+from ppd.serve.guards import Guards
 from ppd.serve.sessions import MAX_UPLOAD, ImageEntry, NotFound, SessionStore, UploadTooLarge
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
@@ -97,7 +98,9 @@ def create_app(segmenter=None, defender=None, allowed_hosts: list[str] | None = 
 
     app = FastAPI(title="ppd serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.store, app.state.segmenter, app.state.defender = store, seg, defender
-    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts or LOOPBACK_HOSTS))
+    hosts = list(allowed_hosts or LOOPBACK_HOSTS)
+    app.add_middleware(Guards, max_body=MAX_UPLOAD + 64 * 1024, allowed_hosts=hosts)  # multipart overhead
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts)  # outermost: checked first
     static = resources.files("ppd") / "serve" / "static"
 
     def click(fn):
@@ -127,13 +130,6 @@ def create_app(segmenter=None, defender=None, allowed_hosts: list[str] | None = 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_req, e: StarletteHTTPException):
         return err(e.status_code, str(e.detail))
-
-    @app.middleware("http")
-    async def _limit_body(request: Request, call_next):
-        size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > MAX_UPLOAD + 64 * 1024:
-            return err(413, f"upload too large: the limit is {MAX_UPLOAD // 2**20} MB")
-        return await call_next(request)
 
     # ------------------------------------------------------------------ page
     @app.get("/", response_class=HTMLResponse)

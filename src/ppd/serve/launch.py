@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -33,15 +34,18 @@ class Server:
         self.cmd += list(extra or [])
         self.start_timeout = start_timeout
         self.proc: subprocess.Popen | None = None
-        self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"ppd-serve-{self.port}.log"
+        self.log: Path | None = None
 
     def __enter__(self) -> Server:
-        self._log = open(self.log, "w")
+        fd, name = tempfile.mkstemp(prefix=f"ppd-serve-{self.port}-", suffix=".log")
+        self.log, self._log = Path(name), os.fdopen(fd, "w")
         self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise PPDError(f"ppd serve exited with {self.proc.returncode}: {self.log.read_text()[-500:]}")
+                tail = self.log.read_text()[-500:]
+                self.__exit__(None, None, None)
+                raise PPDError(f"ppd serve exited with {self.proc.returncode}: {tail}")
             try:
                 with urllib.request.urlopen(self.url + "/api/health", timeout=2) as r:
                     if json.load(r).get("ok"):

@@ -35,8 +35,10 @@ MAX_UPLOAD_PIXELS = 40_000_000
 MAX_FRAMES = 8
 #: Sessions held; the least recently used one (and its files) goes beyond this.
 MAX_SESSIONS = 64
-#: Images per session; the least recently used one goes beyond this.
+#: Images per session; the least recently used one (never the one-shot reference) goes beyond this.
 MAX_IMAGES = 32
+#: Formats an upload may have (no PostScript and the like, which PIL would hand to other programs).
+UPLOAD_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "WEBP", "GIF")
 
 
 class NotFound(PPDError, KeyError):
@@ -71,10 +73,11 @@ class Session:
     touched: float = field(default_factory=time.monotonic)
 
     def image(self, iid: str) -> ImageEntry:
-        entry = self.images.get(iid)
-        if entry is None:
-            raise NotFound(f"no image {iid!r} in this session")
-        self.images.move_to_end(iid)
+        try:
+            entry = self.images[iid]
+            self.images.move_to_end(iid)
+        except KeyError:  # unknown, or evicted by another request of this session meanwhile
+            raise NotFound(f"no image {iid!r} in this session") from None
         return entry
 
 
@@ -109,7 +112,7 @@ def decode_upload(data: bytes, what: str = "image") -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
+            im = Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS)
             w, h = im.size
             if w * h > MAX_UPLOAD_PIXELS:
                 raise err(f"the {what} is {w}x{h} px, above the app's limit of {MAX_UPLOAD_PIXELS:,} px")
@@ -168,8 +171,9 @@ class SessionStore:
     def _add(self, s: Session, entry: ImageEntry) -> ImageEntry:
         with self._lock:
             s.images[entry.id] = entry
-            while len(s.images) > MAX_IMAGES:
-                _, old = s.images.popitem(last=False)
+            keep = s.reference[0] if s.reference is not None else None
+            for iid in [i for i in s.images if i != keep][: max(0, len(s.images) - MAX_IMAGES)]:
+                old = s.images.pop(iid)
                 if old.path.parent == s.folder:
                     old.path.unlink(missing_ok=True)
         return entry
@@ -180,9 +184,16 @@ class SessionStore:
         iid = secrets.token_urlsafe(9)
         path = s.folder / f"{iid}.png"
         tmp = path.with_suffix(".part")
-        Image.fromarray(rgb).save(tmp, format="PNG", compress_level=1)
-        tmp.replace(path)
-        frame = self.frame_of_array(rgb)
+        try:
+            Image.fromarray(rgb).save(tmp, format="PNG", compress_level=1)
+            tmp.replace(path)
+            frame = self.frame_of_array(rgb)
+        except FileNotFoundError:  # the session was evicted (its folder removed) meanwhile
+            raise NotFound("unknown or expired session: reload the page") from None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
+            raise
         safe = "".join(c for c in Path(name or "upload").name if c.isprintable())[:80] or "upload"
         return self._add(s, ImageEntry(iid, safe, path, frame.image_sha256, tuple(rgb.shape[:2])))
 
