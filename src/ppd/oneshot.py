@@ -196,10 +196,16 @@ class OneShot:
     def frame(self, image: np.ndarray | Frame) -> Frame:
         return image if isinstance(image, Frame) else self.seg.frame(image)
 
-    def set_reference(self, image: np.ndarray | Frame, mask: np.ndarray) -> OneShotReference:
-        if not isinstance(image, Frame):
-            mask = check_reference_mask(mask, check_image_array(image))
-        ref = OneShotReference.make(self.frame(image), mask)
+    def set_reference(self, image: np.ndarray | Frame | OneShotReference,
+                      mask: np.ndarray | None = None) -> OneShotReference:
+        """An image (or frame) and its mask, or a :class:`OneShotReference` made before (its features and
+        graph reference, built on first use, are then shared)."""
+        if isinstance(image, OneShotReference):
+            ref = image
+        else:
+            if not isinstance(image, Frame):
+                mask = check_reference_mask(mask, check_image_array(image))
+            ref = OneShotReference.make(self.frame(image), mask)
         mode = resolve_mode(self.instances, ref.mask)
         if self.defender is not None:  # many objects: the denser start set must fit the defender's rows
             check_k(start_k(mode, self.k), self.defender.agent.rows, " (many objects: --instances single)")

@@ -195,11 +195,8 @@ def create_app(segmenter=None, defender=None, allowed_hosts: list[str] | None = 
     def graph_reference(s):
         if s.reference is None:
             return None
-        from ppd.oneshot import OneShotReference
-
         rid, rmask = s.reference
-        ref = OneShotReference.make(store.frame(s.image(rid)), rmask)
-        return ref.graph_reference(defender.config.graph_grid)
+        return store.oneshot_reference(s.image(rid), rmask).graph_reference(defender.config.graph_grid)
 
     @app.post("/api/sessions/{sid}/images/{iid}/defend")
     def defend(sid: str, iid: str, body: DefendIn):
@@ -256,8 +253,8 @@ def create_app(segmenter=None, defender=None, allowed_hosts: list[str] | None = 
         ref_entry = s.image(rid)
 
         def work():
-            ref = pipe.set_reference(store.frame(ref_entry), rmask)
-            plain.set_reference(ref.frame, ref.mask)
+            ref = pipe.set_reference(store.oneshot_reference(ref_entry, rmask))
+            plain.set_reference(ref)
             frame = store.frame(entry)
             result = pipe.run(frame)
             return result, plain.run(frame, result.proposal)

@@ -33,6 +33,8 @@ MAX_UPLOAD = 20 * 1024 * 1024
 MAX_UPLOAD_PIXELS = 40_000_000
 #: Frames (embeddings + decoder tensors) held in memory, shared by all sessions.
 MAX_FRAMES = 8
+#: One-shot references held in memory with their features (shared by sessions using the same one).
+MAX_REFERENCES = 4
 #: Sessions held; the least recently used one (and its files) goes beyond this.
 MAX_SESSIONS = 64
 #: Images per session; the least recently used one (never the one-shot reference) goes beyond this.
@@ -137,6 +139,7 @@ class SessionStore:
         self._frames: OrderedDict[str, object] = OrderedDict()
         self._lock = threading.Lock()
         self._embed_locks: dict[str, threading.Lock] = {}
+        self._references: OrderedDict[tuple[str, str], object] = OrderedDict()  # one-shot references
 
     # ----------------------------------------------------------------- sessions
     def new_session(self) -> Session:
@@ -256,6 +259,27 @@ class SessionStore:
                 self._frames.move_to_end(entry.sha256)
                 return hit
         return self.frame_of_array(read_image(entry.path))
+
+    def oneshot_reference(self, entry: ImageEntry, mask: np.ndarray):
+        """The :class:`ppd.oneshot.OneShotReference` of an image and mask, made once and kept (LRU of
+        :data:`MAX_REFERENCES`) with its patch features and graph reference, which every Defend and
+        one-shot target of the sessions using it read."""
+        import hashlib
+
+        from ppd.oneshot import OneShotReference
+
+        key = (entry.sha256, hashlib.sha256(np.packbits(mask).tobytes() + str(mask.shape).encode()).hexdigest())
+        with self._lock:
+            ref = self._references.get(key)
+            if ref is not None:
+                self._references.move_to_end(key)
+                return ref
+        ref = OneShotReference.make(self.frame(entry), mask)
+        with self._lock:
+            self._references[key] = ref
+            while len(self._references) > MAX_REFERENCES:
+                self._references.popitem(last=False)
+        return ref
 
     def frames_held(self) -> int:
         with self._lock:
