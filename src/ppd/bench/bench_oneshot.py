@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +55,7 @@ def run(data_root=None, n_targets: int = 50, dataset: str = "kvasir", split: str
     from tqdm.auto import tqdm
 
     from ppd import data
-    from ppd.cli.common import _write_refined
+    from ppd.cli.common import WriteBehind, _write_refined
     from ppd.refine import load_agent
 
     samples = sorted(data.load_dataset(data_root, dataset=dataset, split=split), key=lambda s: s.id)
@@ -109,17 +108,14 @@ def run(data_root=None, n_targets: int = 50, dataset: str = "kvasir", split: str
             (tmp / f"out-{name}").mkdir()
             masks[name] = []
             t_all = time.perf_counter()
-            with ThreadPoolExecutor(1, thread_name_prefix="ppd-write") as writer:
-                writes = []
+            with WriteBehind() as writer:  # as ppd oneshot writes
                 for s, (image, _frame, result) in tqdm(zip(targets, stream(pipe, [s.image for s in targets]),
                                                            strict=True), total=len(targets), desc=name,
                                                        disable=not progress):
-                    writes.append(writer.submit(_write_refined, tmp / f"out-{name}", s.id, image, result.refined))
+                    writer.submit(_write_refined, tmp / f"out-{name}", s.id, image, result.refined)
                     masks[name].append(np.packbits(result.mask))
                     if encoder == "eager":
                         rss.append(rss_mb())
-                for w in writes:
-                    w.result()
             wall = time.perf_counter() - t_all
             res[name] = {"wall_s": round(wall, 2), "images_per_min": round(60 * len(targets) / wall, 1),
                          "speedup_vs_loop": round(wall_loop / wall, 2)}

@@ -84,6 +84,35 @@ def _write_refined(out: Path, stem: str, image: np.ndarray, res) -> None:
     _write_outputs([(out / f"{stem}.mask.png", res.mask), (out / f"{stem}.overlay.png", ov)])
     atomic_write(out / f"{stem}.prompts.json", lambda t: t.write_text(json.dumps(res.to_json(), indent=1) + "\n"))
 
+class WriteBehind:
+    """Writes outputs on a helper thread while the next target is computed (``ppd oneshot``; ``ppd bench
+    oneshot`` times the same). At most ``pending`` writes wait (their images are held); leaving the block
+    waits for the rest and raises the first write error."""
+
+    def __init__(self, pending: int = 2) -> None:
+        self.pending = pending
+
+    def __enter__(self) -> WriteBehind:
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._ex, self._futures = ThreadPoolExecutor(1, thread_name_prefix="ppd-write"), deque()
+        return self
+
+    def submit(self, fn, *args) -> None:
+        self._futures.append(self._ex.submit(fn, *args))
+        while len(self._futures) > self.pending:
+            self._futures.popleft().result()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                for f in self._futures:
+                    f.result()
+        finally:
+            self._ex.shutdown(wait=True)
+
+
 def output_stems(paths: list[str]) -> list[str]:
     """Output name per input: its file stem, or ``STEM-I`` (I = its 1-based position in the list) when
     several inputs share a stem, so no output overwrites another."""

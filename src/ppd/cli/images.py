@@ -12,6 +12,7 @@ import numpy as np
 
 from ppd.cli.common import (
     MODE_NOTE,
+    WriteBehind,
     _defender_opts,
     _defender_rows,
     _parse_box,
@@ -205,26 +206,19 @@ def cmd_oneshot(args) -> int:
     pipe.set_reference(ref, ref_mask)
     if pipe.mode != "single":
         _say(f"the reference holds several objects: {MODE_NOTE[pipe.mode]} (--instances)")
-    from concurrent.futures import ThreadPoolExecutor
-
     from ppd.oneshot import stream
 
     # the next target is read and embedded, and the last one's files written, while this one is refined
     results = stream(pipe, [functools.partial(read_image, t) for t in paths])
     bar = tqdm(zip(paths, stems, strict=True), total=len(paths), desc="targets", disable=len(paths) < 2)
-    with out, ThreadPoolExecutor(1, thread_name_prefix="ppd-write") as writer:
-        writes = []
+    with out, WriteBehind() as writer:
         for path, stem in bar:
             try:
                 image, _frame, result = next(results)
             except InvalidPromptError as e:  # e.g. feature matching found no prompt: name the file
                 raise InvalidPromptError(f"{path}: {e}") from None
             prop, res = result.proposal, result.refined
-            writes.append(writer.submit(_write_refined, out.ensure(), stem, image, res))
+            writer.submit(_write_refined, out.ensure(), stem, image, res)
             tqdm.write(f"{stem}: {len(prop.candidates)} FM candidates -> {len(prop.index)} after k-means -> "
                        f"{int(res.kept.sum())} kept; SAM IoU {res.iou:.3f}")
-            while len(writes) > 2:  # at most two images waiting to be written
-                writes.pop(0).result()
-        for w in writes:
-            w.result()
     return 0
