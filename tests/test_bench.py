@@ -8,6 +8,7 @@ def test_bench_sam_smoke(cache_dir, capsys):
     out = capsys.readouterr().out
     assert "speed-up fast vs naive" in out and "of that limit" in out
     assert 3.0 < res["stock_decoder_gflop"] < 4.5 and res["fast_path_gflop"] < res["stock_decoder_gflop"]
+    assert set(res["encoders"]) == {"eager", "openvino", "onnx"} and 60 < res["encoder_gflop"] < 100
     assert res["fast_vs_full_mask_iou_min"] >= 0.99
 
 
@@ -54,3 +55,6 @@ def test_bench_oneshot_smoke(capsys):
     assert set(res["loop"]["stage_share"]) == set(bench_oneshot.STAGES)
     assert abs(sum(res["loop"]["stage_share"].values()) - 1) < 0.01 and res["speedup"] > 0
     assert "masks equal between the loop and the stream (eager): True" in capsys.readouterr().out
+    for name in ("stream_openvino", "stream_onnx"):  # figures only: on 3 targets one flipped match (a start
+        # set changed by float rounding) moves the mean IoU a lot; test_encoders checks masks on equal prompts
+        assert 0 <= res[name]["mask_iou_vs_eager_min"] <= res[name]["mask_iou_vs_eager_mean"] <= 1, res[name]

@@ -126,7 +126,7 @@ def test_cache_round_trip_and_corruption(manifest, tmp_path):
     seg.set_image(image)
     assert seg.cache.misses == 1 and seg.cache.hits == 0
     emb = seg.embedding.clone()
-    entry = seg.cache.path(seg.image_sha256, seg.model_sha256)
+    entry = seg.cache.path(seg.image_sha256, seg.embed_key)
     assert entry.is_file() and str(entry).startswith(str(tmp_path))
     assert not list(entry.parent.glob("*.tmp"))
     seg.set_image(image)
@@ -143,7 +143,7 @@ def test_cache_round_trip_and_corruption(manifest, tmp_path):
     entry.write_bytes(entry.read_bytes()[:1000])
     seg.set_image(image)
     assert seg.cache.misses == 3 and torch.equal(seg.embedding, emb)
-    assert EmbeddingCache(tmp_path).get(seg.image_sha256, seg.model_sha256) is not None
+    assert EmbeddingCache(tmp_path).get(seg.image_sha256, seg.embed_key) is not None
 
 
 def test_cache_dir_from_environment(monkeypatch, tmp_path):

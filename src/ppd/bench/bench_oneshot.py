@@ -4,14 +4,15 @@ Both paths segment the same targets from the same reference with the shipped def
 with a fresh embedding cache (every target is encoded: a new folder), and write what ``ppd
 oneshot`` writes (mask, overlay, prompts JSON):
 
-* loop (session 6's ``ppd oneshot``): per target read -> encode -> propose -> refine -> write, each
-  stage timed (their shares of the time);
-* stream (``ppd.oneshot.stream``, today's ``ppd oneshot``): the next target is read and encoded on a
-  helper thread while this one is refined, and outputs are written by a second helper;
-* the stream with the opt-in ONNX Runtime encoder (``--encoder onnx``; its export is cached).
+* loop (session 6's ``ppd oneshot``, torch eager encoder): per target read -> encode -> propose ->
+  refine -> write, each stage timed (their shares of the time);
+* stream (``ppd.oneshot.stream``): the next target is read and encoded on a helper thread while this
+  one is refined, and outputs are written by a second helper; with the eager encoder, then with each
+  compiled one (OpenVINO, today's default ``ppd oneshot``, and ONNX Runtime; models cached).
 
-Also: the masks of the two paths are compared (they must be equal), and the process's resident
-memory is read after every streamed target (growth per target, from a line fit past the first 10).
+Also: the masks of the loop and the eager stream are compared (they must be equal), those of the
+compiled encoders by IoU against the loop's, and the process's resident memory is read after every
+eager streamed target (growth per target, from a line fit past the first 10).
 """
 
 from __future__ import annotations
@@ -93,17 +94,16 @@ def run(data_root=None, n_targets: int = 50, dataset: str = "kvasir", split: str
                        "stage_s": {k: round(v, 2) for k, v in times.items()},
                        "stage_share": {k: round(v / total, 3) for k, v in times.items()}}
         del pipe
-        # ---------------------------------------------------------------- the streamed path (eager; then ONNX)
+        # ---------------------------------------------------------------- the streamed path, each encoder
+        from ppd.errors import ConfigError
         from ppd.oneshot import stream
 
         rss: list[float] = []
-        for name, encoder in (("stream", "eager"), ("stream_onnx", "onnx")):
-            if encoder == "onnx":
-                try:
-                    import onnxruntime  # noqa: F401
-                except ImportError:
-                    continue
-            pipe = _pipe(tmp / f"cache-{name}", agent, encoder)
+        for name, encoder in (("stream", "eager"), ("stream_openvino", "openvino"), ("stream_onnx", "onnx")):
+            try:
+                pipe = _pipe(tmp / f"cache-{name}", agent, encoder)
+            except ConfigError:  # its runtime is not installed
+                continue
             pipe.set_reference(ref.image(), ref.mask())
             (tmp / f"out-{name}").mkdir()
             masks[name] = []
@@ -117,12 +117,14 @@ def run(data_root=None, n_targets: int = 50, dataset: str = "kvasir", split: str
                     if encoder == "eager":
                         rss.append(rss_mb())
             wall = time.perf_counter() - t_all
-            res[name] = {"wall_s": round(wall, 2), "images_per_min": round(60 * len(targets) / wall, 1),
+            res[name] = {"encoder": encoder, "wall_s": round(wall, 2),
+                         "images_per_min": round(60 * len(targets) / wall, 1),
                          "speedup_vs_loop": round(wall_loop / wall, 2)}
+            if encoder != "eager":
+                ious = [_iou(a, b) for a, b in zip(masks["loop"], masks[name], strict=True)]
+                res[name] |= {"mask_iou_vs_eager_mean": round(float(np.mean(ious)), 4),
+                              "mask_iou_vs_eager_min": round(float(np.min(ious)), 4)}
             del pipe
-        if "stream_onnx" in masks:
-            res["stream_onnx"]["mask_iou_vs_eager_mean"] = round(float(np.mean(
-                [_iou(a, b) for a, b in zip(masks["loop"], masks["stream_onnx"], strict=True)])), 4)
     res["speedup"] = res["stream"]["speedup_vs_loop"]
     res["masks_equal"] = all(np.array_equal(a, b) for a, b in zip(masks["loop"], masks["stream"], strict=True))
     x = np.arange(len(rss))[10:]
@@ -144,11 +146,13 @@ def _print(r: dict) -> None:
     st = r["stream"]
     print(f"  stream (encode next / write last on helper threads): {st['wall_s']:7.1f} s  "
           f"{st['images_per_min']:5.1f} images/min  -> {r['speedup']:.2f}x the loop (goal >= 1.4x)")
-    if "stream_onnx" in r:
-        so = r["stream_onnx"]
-        print(f"  stream + ONNX Runtime encoder (opt-in --encoder onnx): {so['wall_s']:7.1f} s  "
-              f"{so['images_per_min']:5.1f} images/min  -> {so['speedup_vs_loop']:.2f}x the loop; masks vs eager: "
-              f"mean IoU {so['mask_iou_vs_eager_mean']:.4f}")
+    for name in ("stream_openvino", "stream_onnx"):
+        if name in r:
+            so = r[name]
+            print(f"  stream + {so['encoder']} encoder (--encoder {so['encoder']}): {so['wall_s']:7.1f} s  "
+                  f"{so['images_per_min']:5.1f} images/min  -> {so['speedup_vs_loop']:.2f}x the loop (goal >= 1.4x);"
+                  f" masks vs eager: mean IoU {so['mask_iou_vs_eager_mean']:.4f}, "
+                  f"min {so['mask_iou_vs_eager_min']:.4f}")
     print(f"  masks equal between the loop and the stream (eager): {r['masks_equal']}")
     m = r["rss_mb"]
     print(f"  RSS over the streamed targets: {m['after_first']} MiB after the first, peak {m['peak']} MiB, "

@@ -20,6 +20,7 @@ from ppd.cli.images import cmd_demo, cmd_oneshot, cmd_refine, cmd_segment
 from ppd.cli.runs import cmd_bench, cmd_data, cmd_eval, cmd_eval_agents, cmd_train, parse_weights  # noqa: F401
 from ppd.cli.scale import add_parser as add_embed
 from ppd.cli.scale import ray_opts
+from ppd.encoders import DEFAULT_ENCODER, ENCODERS
 from ppd.errors import PPDError
 
 
@@ -40,9 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--checkpoint", help="MobileSAM weights (default: $PPD_SAM_CHECKPOINT or the package)")
         sp.add_argument("--cache-dir", help="embedding cache (default: $PPD_CACHE_DIR or ~/.cache/ppd)")
         sp.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
-        sp.add_argument("--encoder", choices=["eager", "onnx"], default="eager",
-                        help="SAM's image encoder: torch eager (default) or ONNX Runtime (~1.6x faster; needs "
-                             "ppd[onnx]; exported once into the cache folder)")
+        sp.add_argument("--encoder", choices=ENCODERS, default=DEFAULT_ENCODER,
+                        help=f"SAM's image encoder (default {DEFAULT_ENCODER}): openvino (float32, ~2x torch eager "
+                             "on 2 cores, converted once into the cache folder), onnx (ONNX Runtime, ~1.6x; needs "
+                             "ppd[onnx]) or eager (torch, the reference)")
 
     s = sub.add_parser("segment", help="segment one image from point / box prompts")
     s.add_argument("image")

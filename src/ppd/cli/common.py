@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ppd.encoders import DEFAULT_ENCODER
 from ppd.errors import InvalidPromptError
 
 
@@ -54,7 +55,7 @@ def _segmenter(args):
     from ppd.sam import Segmenter
 
     return Segmenter(checkpoint=args.checkpoint, cache_dir=args.cache_dir, use_cache=not args.no_cache,
-                     encoder=getattr(args, "encoder", "eager"))
+                     encoder=getattr(args, "encoder", DEFAULT_ENCODER))
 
 # ----------------------------------------------------------------------------- refine / oneshot
 def read_prompts_json(path: str) -> tuple[np.ndarray, np.ndarray]:

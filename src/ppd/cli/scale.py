@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ppd.encoders import DEFAULT_ENCODER
+
 
 def ray_opts(sp) -> None:
     sp.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
@@ -23,7 +25,7 @@ def ray_settings(args):
 def seg_spec(args):
     from ppd.cluster.embed import SegmenterSpec
 
-    return SegmenterSpec(args.checkpoint, args.cache_dir, getattr(args, "encoder", "eager"))
+    return SegmenterSpec(args.checkpoint, args.cache_dir, getattr(args, "encoder", DEFAULT_ENCODER))
 
 
 def cmd_embed(args) -> int:

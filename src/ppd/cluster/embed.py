@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ppd.data import Sample
+from ppd.encoders import DEFAULT_ENCODER
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,7 @@ class SegmenterSpec:
 
     checkpoint: str | None = None
     cache_dir: str | None = None
-    encoder: str = "eager"
+    encoder: str = DEFAULT_ENCODER
 
     def build(self, threads: int | None = None):
         from ppd.sam import Segmenter
