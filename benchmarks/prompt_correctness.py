@@ -183,15 +183,25 @@ def probe(args) -> None:
                 if len(cls) and not keep[cls].any():
                     keep[cls[pi[cls].argmax()]] = True
             row.append(dice(seg.decode(frame, pts[keep], labs[keep]).mask, gt))
-        oracle = yv[pair == i].copy()
+        for tau in taus if args.flip else []:  # flip the label instead of dropping the prompt
+            flip = labs.copy()
+            flip[pi < tau] = 1 - flip[pi < tau]
+            if not (flip == 1).any():
+                flip[pi.argmax()] = 1
+            row.append(dice(seg.decode(frame, pts, flip).mask, gt))
+        right = yv[pair == i]
+        oracle = right.copy()
         for lab in (0, 1):
             cls = np.nonzero(labs == lab)[0]
             if len(cls) and not oracle[cls].any():
                 oracle[cls[0]] = True
         row.append(dice(seg.decode(frame, pts[oracle], labs[oracle]).mask, gt))
+        if args.flip:
+            row.append(dice(seg.decode(frame, pts, np.where(right, labs, 1 - labs)).mask, gt))
         per_ref.setdefault(rid, []).append(row)
     m = np.array([np.mean(v, 0) for v in per_ref.values()]) * 100
-    names = ["start set"] + [f"prune p<{t:g}" for t in taus] + ["drop all wrong (ceiling)"]
+    names = (["start set"] + [f"prune p<{t:g}" for t in taus] + [f"flip p<{t:g}" for t in taus if args.flip]
+             + ["drop all wrong (ceiling)"] + (["flip all wrong (ceiling)"] if args.flip else []))
     for j, nm in enumerate(names):
         print(f"  {nm:26s} {m[:, j].mean():5.1f} ± {m[:, j].std():4.1f}")
 
@@ -216,6 +226,7 @@ def main() -> None:
     p.add_argument("--val", required=True)
     p.add_argument("--simulate", action="store_true")
     p.add_argument("--taus", default="0.3,0.4,0.5,0.6")
+    p.add_argument("--flip", action="store_true", help="also flip the labels of unlikely prompts instead of dropping")
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--encoder", default="eager")
     args = ap.parse_args()
