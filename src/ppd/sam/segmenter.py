@@ -42,6 +42,7 @@ from ppd.sam.frame import (  # noqa: F401  (re-exported: callers import them fro
     preprocess_shape,
     valid_patches,
 )
+from ppd.sam.threads import quiet_numpy_blas
 
 
 @dataclass
@@ -90,8 +91,9 @@ class Segmenter:
         ~3e-6 relative of eager ones, are cached apart (see :attr:`embed_key`) and are opt-in (ppd.encoders)."""
         if threads is not None:
             torch.set_num_threads(threads)
-        if tune_allocator:
+        if tune_allocator:  # process-wide tuning for decode-heavy work (allocator, BLAS threads)
             keep_large_blocks()
+            quiet_numpy_blas()
         if precision not in ("fp32", "bf16", "auto"):
             raise ConfigError(f"precision must be 'fp32', 'bf16' or 'auto', got {precision!r}")
         if precision == "auto":
