@@ -1,4 +1,4 @@
-"""Keep numpy's and scipy's BLAS thread pools to one thread, so torch has the cores.
+"""Keep numpy's and scipy's OpenBLAS thread pools to one thread, so torch has the cores.
 
 ppd interleaves torch (SAM's decoder, on its OpenMP pool) with small numpy / scipy matrix
 products (observations, graph prototypes, k-means). Each such product wakes OpenBLAS's own
@@ -17,7 +17,7 @@ _done = False
 
 
 def quiet_numpy_blas() -> bool:
-    """Limit the loaded BLAS pools to one thread (and OpenBLAS loaded later, through the environment).
+    """Limit the loaded OpenBLAS pools to one thread (and those loaded later, through the environment).
     Returns True if the limit is in place, False if the user set ``OPENBLAS_NUM_THREADS`` or
     threadpoolctl is missing."""
     global _done
@@ -27,10 +27,13 @@ def quiet_numpy_blas() -> bool:
         return False
     os.environ["OPENBLAS_NUM_THREADS"] = "1"  # read by OpenBLAS libraries loaded from now on
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import threadpool_info, threadpool_limits
     except ImportError:
         return False
-    threadpool_limits(limits=1, user_api="blas")  # those already loaded (numpy's, perhaps scipy's); torch's
-    # own BLAS is linked into it and not touched (its OpenMP pool is the "openmp" API)
+    # those already loaded (numpy's, perhaps scipy's), by name: OpenBLAS only, never MKL, which a conda
+    # build of torch may share with numpy (limiting it would make torch's own matmuls single-threaded)
+    openblas = {i["prefix"]: 1 for i in threadpool_info() if i["internal_api"] == "openblas"}
+    if openblas:
+        threadpool_limits(limits=openblas)
     _done = True
     return True
