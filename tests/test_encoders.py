@@ -90,3 +90,11 @@ def test_openvino_runs_in_float32(fast_seg):
 def test_unknown_encoder_is_refused():
     with pytest.raises(ConfigError, match="encoder"):
         Segmenter(encoder="tensorrt")
+
+
+@pytest.mark.parametrize("encoder,module", [("openvino", "openvino"), ("onnx", "onnxruntime")])
+def test_missing_runtime_is_one_clear_error(encoder, module, monkeypatch, tmp_path):
+    """Without its runtime a compiled path is refused with a one-line error naming the extra to install."""
+    monkeypatch.setitem(__import__("sys").modules, module, None)  # import fails as if not installed
+    with pytest.raises(ConfigError, match=rf"pip install 'ppd\[{encoder}\]'"):
+        Segmenter(cache_dir=tmp_path, encoder=encoder)

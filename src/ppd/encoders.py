@@ -8,5 +8,18 @@ defender's removals) that flips the start set of about one one-shot pair in ten,
 breaks the accuracy bound of issue #18 (mean mask IoU >= 0.99, mDSC within 0.3).
 """
 
+import importlib
+
 ENCODERS = ("eager", "openvino", "onnx")
 DEFAULT_ENCODER = "eager"
+
+
+def import_runtime(module: str, encoder: str, name: str):
+    """The runtime ``module`` a compiled encoder path needs, or a one-line ConfigError naming its extra."""
+    from ppd.errors import ConfigError
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(f"encoder '{encoder}' needs {name}: pip install 'ppd[{encoder}]' (or use the default "
+                          f"encoder '{DEFAULT_ENCODER}')") from None

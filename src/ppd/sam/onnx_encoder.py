@@ -19,17 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ppd.errors import ConfigError
+from ppd.encoders import import_runtime
 from ppd.io import atomic_write, file_sha256
 
 
 def _runtime():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise ConfigError("encoder 'onnx' needs ONNX Runtime: pip install 'ppd[onnx]' (or use the default "
-                          "encoder 'eager')") from None
-    return onnxruntime
+    return import_runtime("onnxruntime", "onnx", "ONNX Runtime")
 
 
 def export_path(cache_root: Path, model_sha256: str) -> Path:

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ppd.errors import ConfigError
+from ppd.encoders import import_runtime
 
 #: the IR file names inside a model folder; the .xml is read last, so its presence means whole
 _XML, _BIN = "encoder.xml", "encoder.bin"
@@ -41,12 +41,7 @@ _NAMES = re.compile(rb' name="[^"]*"')
 
 
 def _runtime():
-    try:
-        import openvino
-    except ImportError:
-        raise ConfigError("encoder 'openvino' needs OpenVINO: pip install 'ppd[openvino]' (or use the default "
-                          "encoder 'eager')") from None
-    return openvino
+    return import_runtime("openvino", "openvino", "OpenVINO")
 
 
 def model_dir(cache_root: Path, model_sha256: str) -> Path:
