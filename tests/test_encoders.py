@@ -98,3 +98,21 @@ def test_missing_runtime_is_one_clear_error(encoder, module, monkeypatch, tmp_pa
     monkeypatch.setitem(__import__("sys").modules, module, None)  # import fails as if not installed
     with pytest.raises(ConfigError, match=rf"pip install 'ppd\[{encoder}\]'"):
         Segmenter(cache_dir=tmp_path, encoder=encoder)
+
+
+def test_damaged_openvino_model_is_rebuilt(fast_seg, tmp_path):
+    """A cached IR whose weights file was damaged is converted again, never loaded (no silent wrong
+    embeddings); the rebuilt model has the original key."""
+    if fast_seg.encoder != "openvino":
+        pytest.skip("OpenVINO only")
+    from ppd.sam.openvino_encoder import build, ir_sha256
+
+    folder, _ = build(fast_seg.model, fast_seg.model_sha256, tmp_path)
+    raw = bytearray((folder / "encoder.bin").read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    (folder / "encoder.bin").write_bytes(bytes(raw))
+    again, took = build(fast_seg.model, fast_seg.model_sha256, tmp_path)
+    assert again == folder and took > 0 and ir_sha256(folder) == fast_seg._fast_encoder.sha256
+    (folder / "encoder.sha256").unlink()  # a folder without its hash (cut short, or older) is rebuilt too
+    _, took = build(fast_seg.model, fast_seg.model_sha256, tmp_path)
+    assert took > 0 and (folder / "encoder.sha256").is_file()

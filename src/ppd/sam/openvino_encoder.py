@@ -35,8 +35,8 @@ import torch
 
 from ppd.encoders import import_runtime
 
-#: the IR file names inside a model folder; the .xml is read last, so its presence means whole
-_XML, _BIN = "encoder.xml", "encoder.bin"
+#: the files of a model folder: the IR, and the IR's hash as written at build time (checked at load)
+_XML, _BIN, _SHA = "encoder.xml", "encoder.bin", "encoder.sha256"
 _NAMES = re.compile(rb' name="[^"]*"')
 
 
@@ -58,16 +58,20 @@ def _convert(model, dest: Path) -> None:
         warnings.simplefilter("ignore")  # the tracer's notes on Python control flow, not for users
         ir = ov.convert_model(model.image_encoder.eval(), example_input=x)
     ov.save_model(ir, str(dest / _XML), compress_to_fp16=False)
+    (dest / _SHA).write_text(ir_sha256(dest) + "\n")
 
 
 def build(model, model_sha256: str, cache_root: str | os.PathLike) -> tuple[Path, float]:
-    """The model folder, converting it first if absent; and the seconds spent converting (0 if cached).
+    """The model folder, converting it first if absent or damaged (its files no longer match the hash
+    written when it was built); and the seconds spent converting (0 if cached).
 
     Two processes may build at once: each converts into its own temporary folder, the first rename
     wins and the other discards its copy (a rename onto a non-empty folder fails)."""
     final = model_dir(Path(cache_root), model_sha256)
-    if (final / _XML).is_file():
-        return final, 0.0
+    if final.exists():
+        if _intact(final):
+            return final, 0.0
+        shutil.rmtree(final, ignore_errors=True)  # damaged (a truncated or edited file): build it again
     final.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
@@ -77,7 +81,7 @@ def build(model, model_sha256: str, cache_root: str | os.PathLike) -> tuple[Path
         try:
             os.rename(tmp, final)
         except OSError:
-            if not (final / _XML).is_file():
+            if not (final / _SHA).is_file():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -93,6 +97,13 @@ def ir_sha256(folder: Path) -> str:
     with open(folder / _BIN, "rb") as f:
         h.update(hashlib.file_digest(f, "sha256").digest())
     return h.hexdigest()
+
+
+def _intact(folder: Path) -> bool:
+    try:
+        return ir_sha256(folder) == (folder / _SHA).read_text().strip()
+    except OSError:
+        return False
 
 
 class OpenVinoEncoder:
