@@ -87,17 +87,18 @@ def collect(args) -> None:
     t0 = time.perf_counter()
     for n, t in enumerate(targets):
         frame, gt = seg.frame(t.image()), t.mask()
+        graph = d.graph_of(frame)
         for r in refs:
             prop = propose(ref_frames[r.id], frame, args.k, True, seed=args.seed)
             pts, labs = prop.points, prop.labels
             if len(pts) == 0 or len(pts) > rows:
                 continue
-            graph = d.graph_of(frame)
+            gref = ref_frames[r.id].graph_reference(d.config.graph_grid)
             prompts = PromptSet.from_points(np.zeros((rows, 2)), np.zeros(rows), np.zeros(rows, bool))
             prompts.points[: len(pts)], prompts.labels[: len(pts)], prompts.active[: len(pts)] = pts, labs, True
             valid = np.zeros(rows, bool)
             valid[: len(pts)] = True
-            geo = geometry(graph, prompts, ref_frames[r.id].graph_reference(d.config.graph_grid))
+            geo = geometry(graph, prompts, gref)
             slot_logits, node_frac, iou = d._state(frame, graph, prompts, valid)
             obs = observe(graph, geo, prompts, valid, slot_logits, node_frac, iou, 0, 10, rows)
             sup = support(prop.candidates.points, prop.candidates.labels, prop.index)
@@ -105,7 +106,6 @@ def collect(args) -> None:
             ctx = np.repeat(obs["context"][None], len(pts), 0)
             f = np.c_[obs["slots"][: len(pts)], sup, np.minimum(n_cls, 1.0), ctx]
             if args.sam_evidence:
-                gref = ref_frames[r.id].graph_reference(d.config.graph_grid)
                 f = np.c_[f, sam_evidence(seg, frame, graph, gref, pts, labs)]
             xi = np.clip(pts[:, 0].astype(int), 0, gt.shape[1] - 1)
             yi = np.clip(pts[:, 1].astype(int), 0, gt.shape[0] - 1)

@@ -15,7 +15,6 @@ same run; the fast path's fraction of it can exceed 100 % because it skips work.
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import json
 import os
@@ -30,9 +29,11 @@ import torch
 from ppd import data
 
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # silence the profiler's CUDA-probe chatter
+from ppd.encoders import ENCODERS
 from ppd.errors import ConfigError
 from ppd.metrics import dice
 from ppd.sam import Segmenter, downsample_mask
+from ppd.sam.segmenter import compiled_encoder
 
 
 def _median_time(fn, n: int, warmup: int = 3) -> float:
@@ -89,16 +90,13 @@ def _encoder_times(seg: Segmenter, picked: list, cache_dir) -> dict[str, dict]:
     """Every encoder path on the same inputs, interleaved image by image (so load hits all alike): the
     median seconds of the encoder call alone (after one warm-up each), and for the compiled paths their
     build time and model hash. A path whose runtime is not installed is left out."""
-    from ppd.sam.cache import default_cache_dir
-
     paths: dict[str, object] = {"eager": seg.model.image_encoder}
-    for name, module, cls in (("openvino", "openvino_encoder", "OpenVinoEncoder"),
-                              ("onnx", "onnx_encoder", "OnnxEncoder")):
-        try:
-            mod = importlib.import_module(f"ppd.sam.{module}")
-            paths[name] = getattr(mod, cls)(seg.model, seg.model_sha256, cache_dir or default_cache_dir())
-        except ConfigError:  # the runtime is not installed
-            continue
+    for name in ENCODERS:
+        if name != "eager":
+            try:
+                paths[name] = compiled_encoder(name, seg.model, seg.model_sha256, cache_dir)
+            except ConfigError:  # the runtime is not installed
+                continue
     times: dict[str, list[float]] = {k: [] for k in paths}
     with torch.inference_mode():
         for s in picked:

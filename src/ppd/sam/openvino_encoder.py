@@ -113,7 +113,6 @@ class OpenVinoEncoder:
         ov = _runtime()
         self.path, self.build_s = build(model, model_sha256, cache_root)
         self.sha256 = ir_sha256(self.path)
-        self.version = ov.__version__
         config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
                   "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads())}
         self._request = ov.Core().compile_model(str(self.path / _XML), "CPU", config).create_infer_request()

@@ -80,6 +80,20 @@ def bf16_is_faster() -> bool:
     return best[torch.bfloat16] < best[torch.float32]
 
 
+def compiled_encoder(encoder: str, model, model_sha256: str, cache_dir: str | os.PathLike | None = None):
+    """The compiled encoder path ``encoder`` ("openvino" or "onnx") of ``model``, built once into
+    ``cache_dir`` (default: the embedding cache's folder). ConfigError when its runtime is missing."""
+    from ppd.sam.cache import default_cache_dir
+
+    if encoder == "onnx":
+        from ppd.sam.onnx_encoder import OnnxEncoder as Compiled
+    elif encoder == "openvino":
+        from ppd.sam.openvino_encoder import OpenVinoEncoder as Compiled
+    else:
+        raise ConfigError(f"no compiled encoder {encoder!r}; compiled paths: openvino, onnx")
+    return Compiled(model, model_sha256, cache_dir or default_cache_dir())
+
+
 class Segmenter:
     """MobileSAM with an embedding cache and a fast low-resolution decode path."""
 
@@ -102,15 +116,9 @@ class Segmenter:
             raise ConfigError(f"encoder must be one of {', '.join(ENCODERS)}, got {encoder!r}")
         self.model, self.model_sha256 = load_mobile_sam(checkpoint, verify=verify)
         self.encoder = encoder
-        self._fast_encoder = None  # a compiled encoder (openvino / onnx), None for torch eager
-        if encoder != "eager":
-            from ppd.sam.cache import default_cache_dir
-
-            if encoder == "onnx":
-                from ppd.sam.onnx_encoder import OnnxEncoder as Fast
-            else:
-                from ppd.sam.openvino_encoder import OpenVinoEncoder as Fast
-            self._fast_encoder = Fast(self.model, self.model_sha256, cache_dir or default_cache_dir())
+        # a compiled encoder (openvino / onnx), None for torch eager
+        self._fast_encoder = (None if encoder == "eager" else
+                              compiled_encoder(encoder, self.model, self.model_sha256, cache_dir))
         # what embeddings (and ppd eval rows) are keyed by: the weights, and the encoder path unless eager
         self.embed_key = (self.model_sha256 if encoder == "eager" else hashlib.sha256(
             f"{self.model_sha256}|{encoder}|{self._fast_encoder.sha256}".encode()).hexdigest())
