@@ -276,3 +276,14 @@ def test_encoder_stage_is_part_of_the_frame_and_the_cache(manifest, tmp_path):
     third = seg.frame(image)
     assert third.stage is not None and torch.equal(third.stage, fr.stage)
     assert "stage" in seg.cache.get(fr.image_sha256, seg.embed_key)[0]
+
+
+def test_frame_without_stage_is_refused():
+    """A hand-made frame has no matching stage: one-shot matching refuses it instead of guessing."""
+    from ppd.errors import ConfigError
+    from ppd.sam import Frame
+
+    fr = Frame(torch.zeros(1, 256, 64, 64), (100, 120))
+    assert fr.features().grid.shape == (64, 64, 256)
+    with pytest.raises(ConfigError, match="no encoder stage"):
+        fr.match_features()
