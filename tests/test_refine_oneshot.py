@@ -245,10 +245,10 @@ def test_cycle_consistent_matching(segmenter, manifest):
 
     ref, tgt = pick(manifest, "kvasir", "val", 2)
     segmenter.set_image(ref.image())
-    r = segmenter.current.match_features()
+    r = segmenter.features()
     frac = patch_fractions(ref.mask(), segmenter.input_size)
     segmenter.set_image(tgt.image())
-    t = segmenter.current.match_features()
+    t = segmenter.features()
     args = (r.grid, r.valid, frac, t.grid, t.valid, t.patch_size, segmenter.original_size)
     plain, cyc = match_patches(*args), match_patches(*args, cycle=True)
     assert 0 < len(cyc) < len(plain)

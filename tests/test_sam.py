@@ -253,37 +253,3 @@ def test_numpy_blas_is_kept_to_one_thread(segmenter):
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "OPENBLAS_NUM_THREADS": "2"},
                          capture_output=True, text=True, check=True).stdout.split()
     assert out[-2:] == ["False", "2"]  # nothing limited, the user's setting kept
-
-
-def test_encoder_stage_is_part_of_the_frame_and_the_cache(manifest, tmp_path):
-    """One encoder pass gives SAM's embedding (bit-identical to MobileSAM's own encoder) and the matching
-    stage; both are cached, and a cache entry without the stage (an older layout) is encoded again."""
-    from ppd.sam.stages import STAGE_CHANNELS
-
-    s = pick(manifest, "kvasir", "val", 1)[0]
-    image = s.image()
-    seg = Segmenter(cache_dir=tmp_path)
-    with torch.inference_mode():
-        own = seg.model.image_encoder(seg.preprocess(image)).half()
-    fr = seg.frame(image)
-    assert torch.equal(fr.embedding, own) and fr.stage.shape == (1, STAGE_CHANNELS, 64, 64)
-    again = seg.frame(image)
-    assert seg.cache.hits == 1 and torch.equal(again.stage, fr.stage)
-    mf = fr.match_features()
-    assert mf.grid.shape == (64, 64, STAGE_CHANNELS) and np.array_equal(mf.valid, fr.features().valid)
-    # an entry of the old layout (embedding only) under this key is not read: encoded again, rewritten
-    seg.cache.put(fr.image_sha256, seg.embed_key, {"embedding": fr.embedding.numpy()}, {})
-    third = seg.frame(image)
-    assert third.stage is not None and torch.equal(third.stage, fr.stage)
-    assert "stage" in seg.cache.get(fr.image_sha256, seg.embed_key)[0]
-
-
-def test_frame_without_stage_is_refused():
-    """A hand-made frame has no matching stage: one-shot matching refuses it instead of guessing."""
-    from ppd.errors import ConfigError
-    from ppd.sam import Frame
-
-    fr = Frame(torch.zeros(1, 256, 64, 64), (100, 120))
-    assert fr.features().grid.shape == (64, 64, 256)
-    with pytest.raises(ConfigError, match="no encoder stage"):
-        fr.match_features()

@@ -1,12 +1,9 @@
 """One-shot prompts by feature matching (PAPER.md, "Inference"), then k-means thinning.
 
-From one reference image and its mask: every reference patch of the 64x64 grid
-that lies wholly inside the mask votes for its nearest target patch as a
-*positive* candidate, every patch wholly outside for a *negative* one. Nearest
-means the cosine similarity of the image encoder's third-stage features
-(``Frame.match_features``), which tell objects apart better than SAM's final
-embedding (docs/TRAINING.md, session 9); the defender's graph keeps reading the
-final embedding. Candidates sit at target patch centres; a
+From one reference image and its mask: every reference patch of SAM's 64x64
+embedding grid that lies wholly inside the mask votes for its nearest target
+patch (cosine similarity of SAM features) as a *positive* candidate, every patch
+wholly outside for a *negative* one. Candidates sit at target patch centres; a
 target patch claimed twice by one class is one candidate, one claimed by both
 classes is dropped.
 
@@ -109,7 +106,7 @@ class OneShotReference:
     def features(self) -> PatchFeatures:
         """The reference frame's patch features, made once (every target is matched against them)."""
         if self._features is None:
-            self._features = self.frame.match_features()
+            self._features = self.frame.features()
         return self._features
 
     @classmethod
@@ -145,8 +142,8 @@ class Proposal:
 def match(ref: OneShotReference, target: Frame, cycle: bool | None = None,
           target_features: PatchFeatures | None = None) -> Candidates:
     """Every feature-matching candidate of ``ref``'s object on ``target`` (:func:`match_patches`);
-    ``target_features``: the target's ``match_features()`` when the caller has them already."""
-    f, rf = target_features or target.match_features(), ref.features
+    ``target_features``: the target's ``features()`` when the caller has them already."""
+    f, rf = target_features or target.features(), ref.features
     return match_patches(rf.grid, rf.valid, ref.frac, f.grid, f.valid, f.patch_size, target.original_size,
                          cycle=CYCLE if cycle is None else bool(cycle))
 

@@ -128,8 +128,6 @@ class Trainer:
         self.seconds = 0.0
         self.rng = np.random.default_rng(cfg.seed + 99)
         self.fm_starts = fm_start_sets(self.bank, cfg, progress) if cfg.fm_fraction > 0 else []
-        for fr in self.bank.images:  # the game reads SAM's embedding only: free the matching stage (2.5 MiB each)
-            fr.stage = None
 
     # ------------------------------------------------------------------ playing
     @property
@@ -353,7 +351,7 @@ def fm_start_sets(bank: ImageBank, cfg: TrainConfig, progress: bool = True) -> l
     starts = []
     for i in tqdm(range(len(bank)), desc="one-shot start sets", disable=not progress):
         others = [j for j in by_ds[bank.samples[i].dataset] if j != i]
-        feats = bank.images[i].match_features() if others else None  # matched against every reference below
+        feats = bank.images[i].features() if others else None  # matched against every reference below
         for r in rng.choice(others, min(cfg.fm_refs_per_image, len(others)), replace=False) if others else []:
             r = int(r)
             fr, mask = bank.images[r], bank.objects(r).mask(WHOLE)

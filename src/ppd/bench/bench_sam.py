@@ -90,7 +90,7 @@ def _encoder_times(seg: Segmenter, picked: list, cache_dir) -> dict[str, dict]:
     """Every encoder path on the same inputs, interleaved image by image (so load hits all alike): the
     median seconds of the encoder call alone (after one warm-up each), and for the compiled paths their
     build time and model hash. A path whose runtime is not installed is left out."""
-    paths: dict[str, object] = {"eager": seg.eager_encoder}
+    paths: dict[str, object] = {"eager": seg.model.image_encoder}
     for name in ENCODERS:
         if name != "eager":
             try:

@@ -76,10 +76,9 @@ class TargetJob:
 
     @property
     def features(self):
-        """The target frame's matching features (``Frame.match_features``), made once for every reference
-        and method: every matching method, trained or not, reads the same evidence."""
+        """The target frame's patch features, made once for every reference and method."""
         if self._features is None:
-            self._features = self.frame.match_features()
+            self._features = self.frame.features()
         return self._features
 
     @property

@@ -1,8 +1,7 @@
 """The images a game is played on: frames, graphs, objects.
 
 Embeddings are computed once (or read from the on-disk cache) and kept in memory
-as :class:`ppd.sam.Frame` values (float16, 2 MiB an image; the trainer frees the matching
-stage once its start sets are made); the decoder's per-image
+as :class:`ppd.sam.Frame` values (float16, 2 MiB an image); the decoder's per-image
 tensors are prepared on a frame's first decode and kept for the ``max_handles``
 most recently decoded frames only, so vectorised games can hop between images
 without re-encoding or re-preparing.

@@ -2,9 +2,8 @@
 
 Encoding an image costs ~1.4 s on this CPU while a decode costs ~50 ms, so a
 dataset's embeddings should be a one-time cost. Entries are keyed by the SHA-256
-of the image pixels and of the SAM weights (with the entry layout), stored as
-float16 safetensors (4.5 MiB an image: SAM's embedding and the encoder stage that
-one-shot matching reads) with a checksum of the payload in the header, written to a temporary
+of the image pixels and of the SAM weights, stored as float16 safetensors (2 MiB
+an image) with a checksum of the payload in the header, written to a temporary
 file and renamed into place (so a kill never leaves a partial entry and two
 processes can share one cache), and verified on read: a corrupt entry is deleted
 and recomputed.

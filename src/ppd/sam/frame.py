@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ppd.errors import ConfigError
-
 IMG_SIZE = 1024  # SAM's padded input frame
 GRID = 64  # embedding grid (patch = 16 px of the input frame)
 LOWRES = 256  # low-resolution logits (4 px of the input frame)
@@ -27,7 +25,7 @@ LOWRES = 256  # low-resolution logits (4 px of the input frame)
 
 @dataclass
 class PatchFeatures:
-    grid: np.ndarray  # (64, 64, C) float32: SAM's embedding (C = 256) or matching features, per 16 px patch
+    grid: np.ndarray  # (64, 64, 256) float32 SAM embedding, one vector per 16 px patch
     valid: np.ndarray  # (64, 64) bool: patch overlaps the image (not the padding)
     patch_size: float  # patch side in original-image pixels
 
@@ -62,15 +60,11 @@ class Frame:
     model_sha256: str = ""  # the SAM weights that made the embedding ("" when unknown)
     context: object | None = field(default=None, repr=False)  # the decoder's prepared tensors (lazy)
     memo: dict = field(default_factory=dict, repr=False)  # values later stages derive from the frame
-    # (1, 320, 64, 64) float16: the encoder's third stage (ppd.sam.stages), which one-shot matching reads
-    stage: torch.Tensor | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         h, w = int(self.original_size[0]), int(self.original_size[1])
         self.original_size = (h, w)
         self.embedding = self.embedding.detach().to(torch.float16)
-        if self.stage is not None:
-            self.stage = self.stage.detach().to(torch.float16)
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -83,22 +77,11 @@ class Frame:
 
     def features(self) -> PatchFeatures:
         """Per-patch SAM features on the 64x64 grid, with the image's valid region marked."""
-        return self._grid_features(self.embedding)
-
-    def _grid_features(self, t: torch.Tensor) -> PatchFeatures:
+        ih = self.input_size[0]
         # C-contiguous, as the facade always returned them: pooling sums in memory order, so a strided
         # view would change the graph's features in the last bit
-        return PatchFeatures(grid=np.ascontiguousarray(t[0].permute(1, 2, 0).float().numpy()),
-                             valid=valid_patches(self.input_size),
-                             patch_size=16 * self.original_size[0] / self.input_size[0])
-
-    def match_features(self) -> PatchFeatures:
-        """What one-shot matching compares (64x64 grid): the encoder's third stage rather than SAM's
-        final embedding, which is made for the mask decoder: start sets from the stage are better on
-        every val domain, with and without the defender (docs/TRAINING.md, session 9)."""
-        if self.stage is None:
-            raise ConfigError("this frame has no encoder stage features (make frames with Segmenter.frame)")
-        return self._grid_features(self.stage)
+        return PatchFeatures(grid=np.ascontiguousarray(self.embedding[0].permute(1, 2, 0).float().numpy()),
+                             valid=valid_patches(self.input_size), patch_size=16 * self.original_size[0] / ih)
 
     def to_input_frame(self, points: np.ndarray) -> np.ndarray:
         """Original-pixel (x, y) -> SAM's resized 1024 frame."""

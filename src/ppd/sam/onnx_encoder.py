@@ -21,7 +21,6 @@ import torch
 
 from ppd.encoders import import_runtime
 from ppd.io import atomic_write, file_sha256
-from ppd.sam.stages import EncoderWithStage
 
 
 def _runtime():
@@ -30,13 +29,11 @@ def _runtime():
 
 def export_path(cache_root: Path, model_sha256: str) -> Path:
     ort = _runtime()
-    name = f"encoder-{model_sha256[:16]}-stage3-torch{torch.__version__}-ort{ort.__version__}.onnx"
-    return Path(cache_root) / "onnx" / name
+    return Path(cache_root) / "onnx" / f"encoder-{model_sha256[:16]}-torch{torch.__version__}-ort{ort.__version__}.onnx"
 
 
 class OnnxEncoder:
-    """Callable like :class:`~ppd.sam.stages.EncoderWithStage`: (1, 3, 1024, 1024) float32 -> the embedding
-    (1, 256, 64, 64) and the matching stage (1, 320, 64, 64), float32."""
+    """Callable like ``model.image_encoder``: (1, 3, 1024, 1024) float32 -> (1, 256, 64, 64) float32."""
 
     def __init__(self, model, model_sha256: str, cache_root: str | os.PathLike, threads: int | None = None) -> None:
         ort = _runtime()
@@ -50,8 +47,8 @@ class OnnxEncoder:
             def export(tmp: Path) -> None:
                 with torch.no_grad(), warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # the tracer's notes on constant folding, not for users
-                    torch.onnx.export(EncoderWithStage(model.image_encoder).eval(), (x,), str(tmp), input_names=["x"],
-                                      output_names=["embedding", "stage"], opset_version=17, dynamo=False)
+                    torch.onnx.export(model.image_encoder.eval(), (x,), str(tmp), input_names=["x"],
+                                      output_names=["embedding"], opset_version=17, dynamo=False)
 
             atomic_write(self.path, export)
             self.build_s = time.perf_counter() - t0
@@ -61,6 +58,6 @@ class OnnxEncoder:
         so.intra_op_num_threads = threads or torch.get_num_threads()
         self.session = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
 
-    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        emb, stage = self.session.run(None, {"x": np.ascontiguousarray(x.detach().numpy(), np.float32)})
-        return torch.from_numpy(emb), torch.from_numpy(stage)
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {"x": np.ascontiguousarray(x.detach().numpy(), np.float32)})[0]
+        return torch.from_numpy(out)

@@ -34,7 +34,6 @@ import numpy as np
 import torch
 
 from ppd.encoders import import_runtime
-from ppd.sam.stages import EncoderWithStage
 
 #: the files of a model folder: the IR, and the IR's hash as written at build time (checked at load)
 _XML, _BIN, _SHA = "encoder.xml", "encoder.bin", "encoder.sha256"
@@ -48,7 +47,7 @@ def _runtime():
 def model_dir(cache_root: Path, model_sha256: str) -> Path:
     ov = _runtime()
     return (Path(cache_root) / "openvino" /
-            f"encoder-{model_sha256[:16]}-stage3-torch{torch.__version__}-ov{ov.__version__.split('-')[0]}")
+            f"encoder-{model_sha256[:16]}-torch{torch.__version__}-ov{ov.__version__.split('-')[0]}")
 
 
 def _convert(model, dest: Path) -> None:
@@ -57,7 +56,7 @@ def _convert(model, dest: Path) -> None:
     x = torch.zeros(1, 3, 1024, 1024)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's notes on Python control flow, not for users
-        ir = ov.convert_model(EncoderWithStage(model.image_encoder).eval(), example_input=x)
+        ir = ov.convert_model(model.image_encoder.eval(), example_input=x)
     ov.save_model(ir, str(dest / _XML), compress_to_fp16=False)
     (dest / _SHA).write_text(ir_sha256(dest) + "\n")
 
@@ -108,8 +107,7 @@ def _intact(folder: Path) -> bool:
 
 
 class OpenVinoEncoder:
-    """Callable like :class:`~ppd.sam.stages.EncoderWithStage`: (1, 3, 1024, 1024) float32 -> the embedding
-    (1, 256, 64, 64) and the matching stage (1, 320, 64, 64), float32."""
+    """Callable like ``model.image_encoder``: (1, 3, 1024, 1024) float32 -> (1, 256, 64, 64) float32."""
 
     def __init__(self, model, model_sha256: str, cache_root: str | os.PathLike, threads: int | None = None) -> None:
         ov = _runtime()
@@ -120,9 +118,8 @@ class OpenVinoEncoder:
         self._request = ov.Core().compile_model(str(self.path / _XML), "CPU", config).create_infer_request()
         self._lock = threading.Lock()  # one infer request: calls from two threads take turns
 
-    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = np.ascontiguousarray(x.detach().numpy(), np.float32)
         with self._lock:
-            out = self._request.infer({0: x})
-            emb, stage = (np.array(out[i], copy=True) for i in (0, 1))
-        return torch.from_numpy(emb), torch.from_numpy(stage)
+            out = np.array(self._request.infer({0: x})[0], copy=True)
+        return torch.from_numpy(out)

@@ -42,11 +42,7 @@ from ppd.sam.frame import (  # noqa: F401  (re-exported: callers import them fro
     preprocess_shape,
     valid_patches,
 )
-from ppd.sam.stages import STAGE_CHANNELS, EncoderWithStage
 from ppd.sam.threads import quiet_numpy_blas
-
-#: what an embedding-cache entry holds; part of :attr:`Segmenter.embed_key` (entries of another layout are not read)
-CACHE_LAYOUT = "embedding+stage3"
 
 
 @dataclass
@@ -123,11 +119,9 @@ class Segmenter:
         # a compiled encoder (openvino / onnx), None for torch eager
         self._fast_encoder = (None if encoder == "eager" else
                               compiled_encoder(encoder, self.model, self.model_sha256, cache_dir))
-        self.eager_encoder = EncoderWithStage(self.model.image_encoder)
-        # what embeddings (and ppd eval rows) are keyed by: the weights, the encoder path, and what a cache
-        # entry holds (the neck and the matching stage: entries of older versions are not read)
-        self.embed_key = hashlib.sha256(f"{self.model_sha256}|{encoder}|{self._fast_encoder_sha()}|"
-                                        f"{CACHE_LAYOUT}".encode()).hexdigest()
+        # what embeddings (and ppd eval rows) are keyed by: the weights, and the encoder path unless eager
+        self.embed_key = (self.model_sha256 if encoder == "eager" else hashlib.sha256(
+            f"{self.model_sha256}|{encoder}|{self._fast_encoder.sha256}".encode()).hexdigest())
         self.precision = precision
         # the fast path's decoder: the model's own, or a bfloat16 copy (predict() always uses float32)
         self._fast_decoder = (self.model.mask_decoder if precision == "fp32"
@@ -149,39 +143,32 @@ class Segmenter:
         x = torch.as_tensor(self._resize.apply_image(image)).permute(2, 0, 1)[None].float()
         return self.model.preprocess(x)
 
-    def _fast_encoder_sha(self) -> str:
-        return "" if self._fast_encoder is None else self._fast_encoder.sha256
-
     @torch.inference_mode()
-    def encode(self, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the image encoder (no cache): SAM's embedding (1, 256, 64, 64) and the matching stage
-        (1, 320, 64, 64), float32, fp16-rounded (:mod:`ppd.sam.stages`)."""
+    def encode(self, image: np.ndarray) -> torch.Tensor:
+        """Run the image encoder (no cache): (1, 256, 64, 64) float32, fp16-rounded."""
         x = self.preprocess(image)
-        emb, stage = (self._fast_encoder or self.eager_encoder)(x)
-        return emb.half().float(), stage.half().float()
+        emb = self._fast_encoder(x) if self._fast_encoder is not None else self.model.image_encoder(x)
+        return emb.half().float()
 
-    def embed(self, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, str]:
-        """The image's embedding and matching stage from the cache, else the encoder (then cached), and
-        the image's hash."""
+    def embed(self, image: np.ndarray) -> tuple[torch.Tensor, str]:
+        """The image's embedding from the cache, else the encoder (then cached), and its hash."""
         image = check_image_array(image)
         sha = image_key(image)
         if self.cache is not None:
             hit = self.cache.get(sha, self.embed_key)
-            if (hit is not None and hit[0].get("embedding", np.zeros(0)).shape == (1, 256, GRID, GRID)
-                    and hit[0].get("stage", np.zeros(0)).shape == (1, STAGE_CHANNELS, GRID, GRID)):
-                return (torch.from_numpy(hit[0]["embedding"].astype(np.float32)),
-                        torch.from_numpy(hit[0]["stage"].astype(np.float32)), sha)
-        emb, stage = self.encode(image)
+            if hit is not None and hit[0]["embedding"].shape == (1, 256, GRID, GRID):
+                return torch.from_numpy(hit[0]["embedding"].astype(np.float32)), sha
+        emb = self.encode(image)
         if self.cache is not None:
-            self.cache.put(sha, self.embed_key, {"embedding": emb.half().numpy(), "stage": stage.half().numpy()},
+            self.cache.put(sha, self.embed_key, {"embedding": emb.half().numpy()},
                            {"original_size": list(image.shape[:2])})
-        return emb, stage, sha
+        return emb, sha
 
     def frame(self, image: np.ndarray) -> Frame:
         """An ``HxWx3 uint8`` RGB image as a :class:`Frame` (embedding cached on disk)."""
         image = check_image_array(image)
-        emb, stage, sha = self.embed(image)
-        return Frame(emb, image.shape[:2], sha, self.model_sha256, stage=stage)
+        emb, sha = self.embed(image)
+        return Frame(emb, image.shape[:2], sha, self.model_sha256)
 
     def _context(self, frame: Frame) -> fast_decoder.ImageContext:
         """The frame's prepared decoder tensors for this segmenter's fast decoder (built once)."""
