@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from ppd import data
 from ppd.evaluate.harness import select
 from ppd.metrics import dice
-from ppd.oneshot import OneShotReference, kmeans_thin, match_patches, patch_fractions
+from ppd.oneshot import OneShotReference, _unit, kmeans_thin, match_patches, patch_fractions
 from ppd.refine import Defender
 from ppd.sam import Segmenter
 
@@ -50,10 +50,6 @@ def extract(args) -> None:
         np.savez(feats / f"{s.id}.tmp.npz", l0=l0.half().numpy(), neck=neck[0].permute(1, 2, 0).half().numpy(),
                  **{k: v.half().numpy() for k, v in grid.items()})
         os.replace(feats / f"{s.id}.tmp.npz", p)
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-8)
 
 
 def _variant(feats: Path, sample_id: str, variant: str) -> np.ndarray:
