@@ -72,6 +72,9 @@ class TrainConfig:
     fm_refs_per_image: int = 4
     fm_k: int = 10
     fm_cycle: bool = True  # one-shot start sets from cycle-consistent matches (ppd.oneshot.match_patches)
+    # The defender's episodes from attacked sets see no reference, as in the eval's attack / defence
+    # ablation (else a reference is drawn with GameConfig.ref_prob, as for the attacker's episodes).
+    attacked_no_reference: bool = False
     # Fine-tuning: start both agents from "shipped" or a run folder's attacker.* / defender.*
     # (their networks; optimisers and replay buffers start fresh). None = from scratch.
     init: str | None = None
@@ -193,7 +196,8 @@ class Trainer:
                      "prompts": e.prompts.subset(np.nonzero(e.prompts.active & e.valid)[0])} for e in self.att_envs]
         defs = []
         for _ in range(self.cfg.game.defender_repeats):
-            starts = [self._fm_start() if self.fm_starts and self.rng.random() < self.cfg.fm_fraction else att
+            starts = [self._fm_start() if self.fm_starts and self.rng.random() < self.cfg.fm_fraction
+                      else {**att, "reference": None} if self.cfg.attacked_no_reference else att
                       for att in attacked]
             defs.append(self._play(self.def_envs, self.defender, starts))
         upd = a["update_s"] + sum(d["update_s"] for d in defs)

@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--fm-cycle", action=argparse.BooleanOptionalAction, default=None,
                    help="one-shot start sets from cycle-consistent matches (forward-backward agreement; default on)")
     t.add_argument("--ref-prob", type=float, help="share of episodes that see a one-shot reference (default 0.8)")
+    t.add_argument("--attacked-no-ref", dest="attacked_no_reference", action="store_const", const=True,
+                   help="the defender's episodes from attacked sets see no reference (as in the eval's "
+                        "attack / defence ablation)")
     t.add_argument("--arch", choices=["deepsets", "mp"], help="Q-network of both agents (default deepsets)")
     t.add_argument("--datasets", metavar="NAME:W,...",
                    help="datasets to train on and their sampling weights (default ecssd:0.6,dsb2018:0.25,"

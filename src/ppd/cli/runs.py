@@ -73,7 +73,7 @@ def cmd_train(args) -> int:
     if not args.resume:
         cfg = train.TrainConfig(seed=args.seed)
         for k in ("decode_budget", "max_minutes", "n_games", "checkpoint_minutes", "fm_fraction", "fm_refs_per_image",
-                  "init", "eps_start", "fm_cycle"):
+                  "init", "eps_start", "fm_cycle", "attacked_no_reference"):
             v = getattr(args, k)
             if v is not None:
                 cfg = replace(cfg, **{k: v})

@@ -180,10 +180,11 @@ class Segmenter:
     # ---------------------------------------------------------------- decoding
     @torch.inference_mode()
     def decode(self, frame: Frame, points=None, labels=None, box=None, multimask: bool = False,
-               lowres: bool = False) -> Prediction | LowResPrediction:
+               lowres: bool = False, mask_input: np.ndarray | None = None) -> Prediction | LowResPrediction:
         """SAM on one frame. ``points`` (N, 2) x, y in original pixels, ``labels`` (N,) 1 = positive,
         0 = negative (default all 1); ``box`` x0, y0, x1, y1; with ``multimask`` the best of SAM's three
-        masks by predicted IoU.
+        masks by predicted IoU; ``mask_input`` a previous decode's ``low_res_logits`` (256x256), SAM's
+        dense prompt (a second pass that refines the first mask).
 
         ``lowres=False``: the mask at the original resolution, as SamPredictor computes it.
         ``lowres=True``: the fast path, SAM's 256x256 logits only (points, no box), the same model and
@@ -196,14 +197,21 @@ class Segmenter:
                               "this segmenter's frame(image)")
         pts, labs = check_points(points, labels, frame.original_size)
         if lowres:
-            if box is not None:
-                raise InvalidPromptError("the low-resolution path takes points only, not a box")
+            if box is not None or mask_input is not None:
+                raise InvalidPromptError("the low-resolution path takes points only, not a box or a mask")
             if len(pts) == 0:
                 raise InvalidPromptError("no prompts: give at least one point")
             return self.decode_prepared(frame, torch.as_tensor(frame.to_input_frame(pts), dtype=torch.float32),
                                         torch.as_tensor(labs), multimask)
         if box is None and len(pts) == 0:
             raise InvalidPromptError("no prompts: give at least one point or a box")
+        mask_t = None
+        if mask_input is not None:
+            m = np.asarray(mask_input, dtype=np.float32)
+            if m.shape != (LOWRES, LOWRES) or not np.isfinite(m).all():
+                raise InvalidPromptError(f"mask_input must be finite {LOWRES}x{LOWRES} low-res logits, "
+                                         f"got shape {m.shape}")
+            mask_t = torch.from_numpy(m)[None, None]
         pe = self.model.prompt_encoder
         pt_arg = None
         if len(pts):
@@ -213,7 +221,7 @@ class Segmenter:
         if box is not None:
             b = check_box(box, frame.original_size)
             box_t = torch.as_tensor(frame.to_input_frame(b.reshape(2, 2)).reshape(1, 4), dtype=torch.float32)
-        sparse, dense = pe(points=pt_arg, boxes=box_t, masks=None)
+        sparse, dense = pe(points=pt_arg, boxes=box_t, masks=mask_t)
         self.decode_count += 1
         low, iou = self.model.mask_decoder(
             image_embeddings=frame.embedding32(), image_pe=pe.get_dense_pe(),

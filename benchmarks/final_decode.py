@@ -1,0 +1,124 @@
+"""How should SAM make the final mask from a refined prompt set? (issue #20; docs/TRAINING.md, session 10)
+
+Runs the ``ppd eval`` protocol (seeded references and targets, cycle-consistent matching, k-means
+K = 10 per class) and, for the prompt sets fm-kmeans, fm-gbmseg and fm-ppd (the shipped defender)
+end with, decodes the final mask several ways:
+
+* ``plain``: one decode of the points (what every method does today);
+* ``multi``: SAM's three masks, the one with the highest predicted IoU;
+* ``box``: a second decode adding the bounding box of the first mask (PerSAM's post-refinement);
+* ``mask``: a second decode adding the first mask's low-res logits as SAM's dense prompt;
+* ``box+mask``: both;
+* ``cascade``: PerSAM's three passes (multi, then + logits, then + box + logits);
+* ``cc``: the first mask restricted to its connected parts that hold a positive prompt.
+
+No variant reads the ground truth. Prints mDSC % (mean over targets, then mean ± sd over
+references) per set and variant, and the paired gain over ``plain``; ``--out`` keeps the rows.
+
+Run: .venv/bin/python benchmarks/final_decode.py --dataset kvasir --references 10 --seed 1 --limit 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from ppd import data
+from ppd.evaluate.baselines import gbmseg_prune, mask_box
+from ppd.evaluate.harness import select
+from ppd.metrics import dice
+from ppd.oneshot import OneShotReference, propose
+from ppd.refine import Defender
+from ppd.sam import Frame, Segmenter
+
+VARIANTS = ("plain", "multi", "box", "mask", "box+mask", "cascade", "cc")
+
+
+def with_positive(mask: np.ndarray, positives: np.ndarray) -> np.ndarray:
+    """The connected parts of ``mask`` that contain one of ``positives`` (x, y), else the mask."""
+    lab, n = ndimage.label(mask)
+    if n <= 1 or len(positives) == 0:
+        return mask
+    h, w = mask.shape
+    ids = {int(lab[min(int(y), h - 1), min(int(x), w - 1)]) for x, y in positives} - {0}
+    return np.isin(lab, list(ids)) if ids else mask
+
+
+def final_masks(seg: Segmenter, fr: Frame, pts: np.ndarray, labs: np.ndarray, plain_only: bool = False
+                ) -> dict[str, np.ndarray]:
+    p = seg.decode(fr, pts, labs)
+    out = {"plain": p.mask, "cc": with_positive(p.mask, pts[labs == 1])}
+    if plain_only:
+        return out
+    mm = seg.decode(fr, pts, labs, multimask=True)
+    out["multi"] = mm.mask
+    box = mask_box(p.mask)
+    out["mask"] = seg.decode(fr, pts, labs, mask_input=p.low_res_logits).mask
+    out["box"] = seg.decode(fr, pts, labs, box=box).mask if box is not None else p.mask
+    out["box+mask"] = (seg.decode(fr, pts, labs, box=box, mask_input=p.low_res_logits).mask if box is not None
+                       else out["mask"])
+    c2 = seg.decode(fr, pts, labs, mask_input=mm.low_res_logits, multimask=True)
+    box2 = mask_box(c2.mask)
+    out["cascade"] = (seg.decode(fr, pts, labs, box=box2, mask_input=c2.low_res_logits, multimask=True).mask
+                      if box2 is not None else c2.mask)
+    return out
+
+
+def main() -> None:
+    a = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    a.add_argument("--dataset", required=True)
+    a.add_argument("--split", default="val")
+    a.add_argument("--data", default=None)
+    a.add_argument("--references", type=int, default=10)
+    a.add_argument("--seed", type=int, default=1)
+    a.add_argument("--limit", type=int, default=None)
+    a.add_argument("--k", type=int, default=10)
+    a.add_argument("--defender", default=None, help="checkpoint (default: the shipped defender)")
+    a.add_argument("--out", default=None, help="a .jsonl file for the rows")
+    a.add_argument("--plain", action="store_true", help="only the plain decode (and cc): compare the sets")
+    args = a.parse_args()
+    seg = Segmenter()
+    d = Defender(args.defender, segmenter=seg)
+    samples = [s for s in data.load_dataset(args.data, split=args.split) if s.dataset == args.dataset]
+    refs, targets = select(samples, args.references, None, args.limit, args.seed)
+    made = [(r, OneShotReference.make(seg.frame(r.image()), r.mask())) for r in refs]
+    rows = []
+    for t in targets:
+        fr, gt = seg.frame(t.image()), t.mask()
+        f = fr.features()
+        for r, ref in made:
+            prop = propose(ref, fr, args.k, None, seed=args.seed, target_features=f)
+            pts, labs = prop.points, prop.labels
+            if len(pts) == 0:
+                continue
+            sets = {"fm-kmeans": np.ones(len(pts), bool),
+                    "fm-gbmseg": gbmseg_prune(pts, labs, ref.features.grid, ref.features.valid, ref.frac, f.grid,
+                                              f.patch_size),
+                    "fm-ppd": d.refine_frame(fr, pts, labs, ref.graph_reference(d.config.graph_grid)).kept}
+            g = np.nonzero(sets["fm-gbmseg"])[0]  # the defender refining the rule's set instead
+            gref = ref.graph_reference(d.config.graph_grid)
+            sets["gbmseg-ppd"] = sets["fm-gbmseg"].copy()
+            if len(g):
+                sets["gbmseg-ppd"][g] = d.refine_frame(fr, pts[g], labs[g], gref).kept
+            for name, keep in sets.items():
+                masks = final_masks(seg, fr, pts[keep], labs[keep], args.plain)
+                rows.append({"target": t.id, "ref": r.id, "set": name,
+                             **{v: float(dice(m, gt)) for v, m in masks.items()}})
+    if args.out:
+        Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    print(f"{args.dataset} {args.split}: {len(targets)} targets x {len(refs)} references (seed {args.seed})")
+    for name in ("fm-kmeans", "fm-gbmseg", "fm-ppd", "gbmseg-ppd"):
+        per_ref = {v: [100 * np.mean([x[v] for x in rows if x["set"] == name and x["ref"] == r.id])
+                       for r in refs] for v in VARIANTS if v in rows[0]}
+        line = "  ".join(f"{v} {np.mean(s):.1f}±{np.std(s):.1f}"
+                         + ("" if v == "plain" else f" ({np.mean(np.subtract(s, per_ref['plain'])):+.1f})")
+                         for v, s in per_ref.items())
+        print(f"{name:10s} {line}")
+
+
+if __name__ == "__main__":
+    main()
