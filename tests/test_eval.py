@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import plain_folder
+from conftest import pick, plain_folder
 from ppd import data
 from ppd.errors import ConfigError, DataError
 from ppd.evaluate import baselines, harness
@@ -254,3 +254,38 @@ def test_untrained_rows_are_keyed_by_the_defender_they_imitate():
     assert len({a.hashes["untrained"], b.hashes["untrained"], c.hashes["untrained"]}) == 3
     assert a.hashes["untrained"] == harness.Harness(seg, ["ideal-attacked-untrained"],
                                                     defender=shipped_agent_path("defender")).hashes["untrained"]
+
+
+def test_votes_in_eval_rows(segmenter, data_root, tmp_path):
+    """``EvalConfig(votes=3)``: fm-kmeans and fm-ppd score the majority mask of three seeded start sets,
+    exactly as OneShot(votes=3) makes it; votes=1 rows keep their earlier cache keys."""
+    from ppd.evaluate.keys import config_key
+    from ppd.oneshot import OneShot
+    from ppd.refine import Defender
+
+    assert "votes" not in config_key(harness.EvalConfig()) and config_key(harness.EvalConfig(votes=3))["votes"] == 3
+    rows, _ = harness.run(data_root, "kvasir", "val", ["fm-kmeans", "fm-ppd"], references=1, limit=2,
+                          cfg=harness.EvalConfig(votes=3), segmenter=segmenter, progress=False,
+                          cache_path=tmp_path / "rows.jsonl")
+    samples = {s.id: s for s in data.load_dataset(data_root, split="val") if s.dataset == "kvasir"}
+    d = Defender(segmenter=segmenter)
+    for r in rows:
+        ref, tgt = samples[r.reference], samples[r.target]
+        pipe = OneShot(segmenter, d if r.method == "fm-ppd" else None, k=10, seed=0, votes=3)
+        pipe.set_reference(ref.image(), ref.mask())
+        assert r.dice == pytest.approx(dice(pipe.run(tgt.image()).mask, tgt.mask()), abs=1e-9)
+    assert len(rows) == 4
+
+
+@pytest.mark.parametrize("cmd", ["eval", "oneshot"])
+def test_cli_bad_votes_is_one_line(tmp_path, manifest, capsys, cmd):
+    from ppd.cli import main
+
+    s = pick(manifest, "kvasir", "val", 1)[0]
+    argv = (["eval", "--out", str(tmp_path / "o"), "--dataset", "kvasir", "--split", "val"] if cmd == "eval" else
+            ["oneshot", "--ref", str(s.image_path), "--ref-mask", str(s.mask_path), "--target", str(s.image_path),
+             "--out", str(tmp_path / "o")])
+    rc = main([*argv, "--votes", "0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--votes must be" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()

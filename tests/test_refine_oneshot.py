@@ -333,3 +333,28 @@ def test_cli_oneshot_on_a_folder(tmp_path, manifest, cache_dir, monkeypatch, cap
     assert main([*args, "--target", str(empty), "--out", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err
     assert "without images" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "c").exists()
+
+
+def test_votes_are_the_majority_of_seeded_start_sets(segmenter, manifest):
+    """OneShot(votes=3): the pixel-wise majority of the masks of three runs with k-means seeds seed,
+    seed + 1000, seed + 2000 (same candidates); votes=1 is the plain pipeline. Through the real model."""
+    from ppd.oneshot import OneShot, majority
+
+    ref, tgt = pick(manifest, "kvasir", "val", 2)
+    frame = segmenter.frame(tgt.image())
+    d = Defender(segmenter=segmenter)
+    singles = []
+    for s in (3, 1003, 2003):
+        pipe = OneShot(segmenter, d, k=10, seed=s)
+        pipe.set_reference(ref.image(), ref.mask())
+        singles.append(pipe.run(frame))
+    voted = OneShot(segmenter, d, k=10, seed=3, votes=3)
+    voted.set_reference(ref.image(), ref.mask())
+    out = voted.run(frame)
+    assert len(out.others) == 2 and out.voted is not None
+    assert np.array_equal(out.refined.kept, singles[0].refined.kept)
+    assert np.array_equal(out.mask, majority([r.mask for r in singles]))
+    assert [np.array_equal(o.kept, r.refined.kept) for o, r in zip(out.others, singles[1:], strict=True)] == [True] * 2
+    assert np.array_equal(majority([np.ones((2, 2), bool), np.zeros((2, 2), bool)]), np.zeros((2, 2), bool))
+    with pytest.raises(ConfigError, match="--votes"):
+        OneShot(segmenter, d, votes=0)

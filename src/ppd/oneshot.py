@@ -148,6 +148,27 @@ def match(ref: OneShotReference, target: Frame, cycle: bool | None = None,
                          cycle=CYCLE if cycle is None else bool(cycle))
 
 
+#: k-means seeds of the start sets whose masks are voted: seed, seed + VOTE_SEED_STEP, ...
+VOTE_SEED_STEP = 1000
+
+
+def check_votes(votes: int) -> None:
+    if not isinstance(votes, int | np.integer) or isinstance(votes, bool) or votes < 1:
+        raise ConfigError(f"--votes must be a whole number of at least 1, got {votes!r}")
+
+
+def rethin(p: Proposal, k: int, seed: int) -> Proposal:
+    """The same candidates thinned by k-means with another seed (matching is not repeated)."""
+    t0 = time.perf_counter()
+    idx = kmeans_thin(p.candidates.points, p.candidates.labels, k, seed=seed)
+    return Proposal(p.candidates, idx, 0.0, time.perf_counter() - t0)
+
+
+def majority(masks: list[np.ndarray]) -> np.ndarray:
+    """Pixel-wise majority of boolean masks (with an even count a tie is background)."""
+    return np.mean(np.stack(masks), axis=0) > 0.5
+
+
 def propose(ref: OneShotReference, target: Frame, k: int = 10, cycle: bool | None = None,
             seed: int = 0, target_features: PatchFeatures | None = None) -> Proposal:
     """Feature matching from ``ref`` onto ``target``, then k-means thinning to ``k`` per class."""
@@ -163,10 +184,14 @@ class OneShotResult:
     proposal: Proposal
     refined: RefineResult  # over the start set: kept / suppressed, final mask (all kept without a defender)
     mode: str = "single"  # ppd.instances mode: "single", "many" (K >= 32) or "union" (one mask per positive)
+    # votes > 1: the results of the start sets from the other k-means seeds, and the pixel-wise majority
+    # of every set's mask (``mask``); ``proposal`` / ``refined`` stay the first seed's
+    others: list[RefineResult] = field(default_factory=list)
+    voted: np.ndarray | None = None
 
     @property
     def mask(self) -> np.ndarray:
-        return self.refined.mask
+        return self.refined.mask if self.voted is None else self.voted
 
 
 class OneShot:
@@ -177,18 +202,20 @@ class OneShot:
     trainer's one-shot start sets all go through :func:`propose` / this class."""
 
     def __init__(self, segmenter: Segmenter, defender: Defender | None = None, k: int = 10,
-                 cycle: bool | None = None, seed: int = 0, instances: str = "auto") -> None:
+                 cycle: bool | None = None, seed: int = 0, instances: str = "auto", votes: int = 1) -> None:
         """``instances`` (:mod:`ppd.instances`): ``single`` (K as given, one SAM mask), ``many`` (a denser
         start set, K >= 32, one SAM mask: for "all nuclei" references), ``union`` (one SAM mask per kept
         positive, their union) or ``auto`` (``many`` when the reference mask holds several separate
-        objects, else ``single``)."""
+        objects, else ``single``). ``votes`` > 1 (single objects): as many start sets from other k-means
+        seeds, each refined, and the pixel-wise majority of their masks (docs/TRAINING.md, session 10)."""
         rows = None if defender is None else defender.agent.rows
         check_k(k, rows)
+        check_votes(votes)
         check_mode(instances)
         if instances == "many":
             check_k(start_k("many", k), rows)
         self.seg, self.defender = segmenter, defender
-        self.k, self.seed, self.instances = k, seed, instances
+        self.k, self.seed, self.instances, self.votes = k, seed, instances, int(votes)
         self.cycle = CYCLE if cycle is None else bool(cycle)
         self.ref: OneShotReference | None = None
         self.mode = "single"  # the mode resolved for the current reference
@@ -224,9 +251,18 @@ class OneShot:
         """The final mask on ``target`` (and every step that led to it). An empty start set is an error."""
         frame = self.frame(target)
         prop = proposal or self.propose(frame)
-        pts, labs = prop.points, prop.labels
-        if len(pts) == 0:
+        if len(prop.points) == 0:
             raise InvalidPromptError("feature matching found no prompt on this target")
+        out = OneShotResult(prop, self._refine(frame, prop), self.mode)
+        if self.votes > 1 and self.mode == "single":
+            k = start_k(self.mode, self.k)
+            out.others = [self._refine(frame, rethin(prop, k, self.seed + VOTE_SEED_STEP * j))
+                          for j in range(1, self.votes)]
+            out.voted = majority([out.refined.mask] + [r.mask for r in out.others])
+        return out
+
+    def _refine(self, frame: Frame, prop: Proposal) -> RefineResult:
+        pts, labs = prop.points, prop.labels
         if self.defender is None:
             res = RefineResult(points=pts, labels=labs, kept=np.ones(len(pts), bool), stop_reason="no defender")
             pred = self.seg.decode(frame, pts, labs)
@@ -239,7 +275,7 @@ class OneShot:
             res = self.defender.refine_frame(frame, pts, labs, reference=ref, config=cfg)
         if self.mode == "union" and (labs[res.kept] == 1).any():
             res.mask, _ = union_of_instances(self.seg, frame, pts[res.kept], labs[res.kept])
-        return OneShotResult(prop, res, self.mode)
+        return res
 
 
 def stream(pipe: OneShot, loaders: Iterable[Callable[[], np.ndarray]], prefetch: int = 1

@@ -15,7 +15,14 @@ import argparse
 import sys
 import warnings
 
-from ppd.cli.common import DEFENDER_OPT_HELP, cycle_opt, instances_opt, output_stems, read_prompts_json  # noqa: F401
+from ppd.cli.common import (  # noqa: F401
+    DEFENDER_OPT_HELP,
+    cycle_opt,
+    instances_opt,
+    output_stems,
+    read_prompts_json,
+    votes_opt,
+)
 from ppd.cli.images import cmd_demo, cmd_oneshot, cmd_refine, cmd_segment
 from ppd.cli.runs import cmd_bench, cmd_data, cmd_eval, cmd_eval_agents, cmd_train, parse_weights  # noqa: F401
 from ppd.cli.scale import add_parser as add_embed
@@ -111,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("-k", type=int, default=10, help="prompts kept per class by k-means (default 10)")
     cycle_opt(o)
     instances_opt(o)
+    votes_opt(o)
     o.add_argument("--seed", type=int, default=0)
     sam_opts(o)
     o.set_defaults(func=cmd_oneshot)
@@ -174,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--attacker", help="attacker checkpoint (default: the shipped one)")
     ev.add_argument("-k", type=int, default=10, help="prompts kept per class by k-means (default 10)")
     ev.add_argument("--attack-steps", type=int, default=8, help="attacker moves for ideal-attacked (default 8)")
+    votes_opt(ev)
     cycle_opt(ev)
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--base", metavar="DIR", help="an earlier --out of the same protocol: its rows stand for the "

@@ -166,6 +166,13 @@ def cycle_opt(sp) -> None:
                     help="start sets from cycle-consistent (forward-backward) feature matches only "
                          "(default: the pipeline's, ppd.oneshot.CYCLE)")
 
+def votes_opt(sp) -> None:
+    """--votes N: start sets from N k-means seeds, each segmented (refined), masks voted pixel-wise."""
+    sp.add_argument("--votes", type=int, default=1,
+                    help="start sets from N k-means seeds, each refined, and the pixel-wise majority of their "
+                         "masks (single objects; N times the defender's time; default 1)")
+
+
 DEFENDER_OPT_HELP = ("override a setting the defender refines with (repeatable; e.g. max_removals=12, "
                      "select=reference; see ppd.refine.DefenderConfig)")
 

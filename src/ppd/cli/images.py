@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import time
@@ -180,10 +181,11 @@ def cmd_oneshot(args) -> int:
     from tqdm.auto import tqdm
 
     from ppd.io import read_image, read_mask
-    from ppd.oneshot import OneShot
+    from ppd.oneshot import OneShot, check_votes
     from ppd.refine import Defender, load_agent
 
     check_k(args.k, None if args.no_defender else _defender_rows(args.defender), ", or --no-defender")
+    check_votes(args.votes)
     opts = _defender_opts(args)
     out = OutputDir(args.out)
     agent = None if args.no_defender else load_agent(args.defender, "defender")
@@ -201,7 +203,7 @@ def cmd_oneshot(args) -> int:
     _say("loading SAM ...")
     seg = _segmenter(args)
     pipe = OneShot(seg, None if agent is None else Defender(agent, segmenter=seg, **opts), k=args.k,
-                   cycle=args.cycle, seed=args.seed, instances=args.instances)
+                   cycle=args.cycle, seed=args.seed, instances=args.instances, votes=args.votes)
     _say("embedding the reference ...")
     pipe.set_reference(ref, ref_mask)
     if pipe.mode != "single":
@@ -218,7 +220,10 @@ def cmd_oneshot(args) -> int:
             except InvalidPromptError as e:  # e.g. feature matching found no prompt: name the file
                 raise InvalidPromptError(f"{path}: {e}") from None
             prop, res = result.proposal, result.refined
+            voted = "" if result.voted is None else f"; mask voted over {1 + len(result.others)} start sets"
+            if result.voted is not None:  # the files show the first start set's prompts and the voted mask
+                res = dataclasses.replace(res, mask=result.voted)
             writer.submit(_write_refined, out.ensure(), stem, image, res)
             tqdm.write(f"{stem}: {len(prop.candidates)} FM candidates -> {len(prop.index)} after k-means -> "
-                       f"{int(res.kept.sum())} kept; SAM IoU {res.iou:.3f}")
+                       f"{int(res.kept.sum())} kept; SAM IoU {res.iou:.3f}{voted}")
     return 0

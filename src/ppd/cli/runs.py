@@ -111,6 +111,9 @@ def cmd_eval_agents(args) -> int:
 # ----------------------------------------------------------------------------- eval
 def cmd_eval(args) -> int:
     from ppd.cli.scale import ray_settings, seg_spec
+    from ppd.oneshot import check_votes
+
+    check_votes(args.votes)
     from ppd.evaluate import harness
     from ppd.sam.cache import default_cache_dir
 
@@ -121,7 +124,7 @@ def cmd_eval(args) -> int:
 
         executor = ray_executor(settings, seg_spec(args))
     methods = None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
-    cfg = harness.EvalConfig(k=args.k, seed=args.seed, attack_steps=args.attack_steps,
+    cfg = harness.EvalConfig(k=args.k, seed=args.seed, attack_steps=args.attack_steps, votes=args.votes,
                              **({} if args.cycle is None else {"cycle": args.cycle}))
     cache_root = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     rows, summary = harness.run(args.data, args.dataset, args.split, methods, references=args.references,

@@ -22,6 +22,9 @@ class EvalConfig:
     # start sets from cycle-consistent matches (ppd.oneshot.match_patches); every fm-* method and
     # the defender's start set follow it
     cycle: bool = field(default_factory=lambda: _cycle_default())
+    # fm-kmeans and fm-ppd: start sets from this many k-means seeds, their masks voted pixel-wise
+    # (ppd.oneshot.OneShot's ``votes``); other methods read the first seed's set only
+    votes: int = 1
     # part of every cache key: bump it when a method's definition changes (the defender's
     # weights and inference settings are in the keys of the rows that use it)
     version: int = 1
@@ -39,6 +42,8 @@ def config_key(cfg: EvalConfig) -> dict:
     d = asdict(cfg)
     if not d["cycle"]:
         del d["cycle"]
+    if d["votes"] == 1:  # added in session 10
+        del d["votes"]
     return d
 
 

@@ -44,6 +44,7 @@ class RefJob:
     job: TargetJob
     removed: int | None = None  # prompts the defender removed from the proposal (fm-ppd, for fm-random)
     _proposal: Proposal | None = None
+    _others: list[Proposal] | None = None
 
     @property
     def proposal(self) -> Proposal:
@@ -54,6 +55,16 @@ class RefJob:
             self._proposal = propose(self.ref, self.job.frame, c.k, c.cycle, seed=c.seed,
                                      target_features=self.job.features)
         return self._proposal
+
+    @property
+    def others(self) -> list[Proposal]:
+        """With ``votes`` > 1: the start sets from the other k-means seeds (the same candidates)."""
+        if self._others is None:
+            from ppd.oneshot import VOTE_SEED_STEP, rethin
+
+            c = self.job.cfg
+            self._others = [rethin(self.proposal, c.k, c.seed + VOTE_SEED_STEP * j) for j in range(1, c.votes)]
+        return self._others
 
 
 @dataclass
@@ -182,27 +193,40 @@ def fm(t: TargetJob, r: RefJob) -> Outcome:
     return Outcome(t.decode(c.points, c.labels), len(c), len(c), p.match_s)
 
 
+def _voted(r: RefJob, first: np.ndarray, run: Callable) -> tuple[np.ndarray, float]:
+    """``first`` (the first seed's mask), or with ``votes`` > 1 the majority with ``run(proposal)`` of the
+    other seeds' start sets; and the seconds of their thinning."""
+    if not r.others:
+        return first, 0.0
+    from ppd.oneshot import majority
+
+    return majority([first] + [run(p) for p in r.others]), sum(p.thin_s for p in r.others)
+
+
 def fm_kmeans(t: TargetJob, r: RefJob) -> Outcome:
     p = r.proposal
-    return Outcome(t.decode(p.points, p.labels), len(p.index), len(p.index), p.thin_s)
+    mask, thin_s = _voted(r, t.decode(p.points, p.labels), lambda q: t.decode(q.points, q.labels))
+    return Outcome(mask, len(p.index), len(p.index), p.thin_s + thin_s)
 
 
-def _defend(t: TargetJob, r: RefJob):
+def _defend(t: TargetJob, r: RefJob, p: Proposal | None = None):
     d = t.agents.defender
-    p = r.proposal
+    p = p or r.proposal
     return d.refine_frame(t.frame, p.points, p.labels, reference=r.ref.graph_reference(d.config.graph_grid))
 
 
 def fm_ppd(t: TargetJob, r: RefJob) -> Outcome:
     p = r.proposal
     n = len(p.index)
+    thin_s = 0.0
     if n:
         res = _defend(t, r)
-        mask, kept = res.mask, int(res.kept.sum())
+        kept = int(res.kept.sum())
+        mask, thin_s = _voted(r, res.mask, lambda q: _defend(t, r, q).mask)
     else:
         mask, kept = np.zeros_like(t.gt, bool), 0
-    r.removed = n - kept
-    return Outcome(mask, n, kept, p.thin_s)
+    r.removed = n - kept  # the first seed's (fm-random removes as many)
+    return Outcome(mask, n, kept, p.thin_s + thin_s)
 
 
 def fm_random(t: TargetJob, r: RefJob) -> Outcome:
@@ -287,8 +311,10 @@ METHODS: dict[str, Method] = _registry(
            oracle_click),
     Method("oracle-box", False, False, False, "the GT bounding box (sanity)", oracle_box),
     Method("fm", True, False, False, "all feature-matching prompts", fm),
-    Method("fm-kmeans", True, False, False, "FM thinned to at most K per class by k-means on coordinates", fm_kmeans),
-    Method("fm-ppd", True, True, False, "fm-kmeans + the defender", fm_ppd),
+    Method("fm-kmeans", True, False, False, "FM thinned to at most K per class by k-means on coordinates "
+           "(--votes N: N k-means seeds, masks voted)", fm_kmeans),
+    Method("fm-ppd", True, True, False, "fm-kmeans + the defender (--votes N: each seed's set refined, masks voted)",
+           fm_ppd),
     Method("fm-random", True, True, False, "fm-kmeans minus as many random prompts as the defender removed",
            fm_random),
     Method("fm-gbmseg", True, False, False, "fm-kmeans pruned by GBMSeg-style rules", fm_gbmseg),
