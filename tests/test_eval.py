@@ -264,9 +264,13 @@ def test_votes_in_eval_rows(segmenter, data_root, tmp_path):
     from ppd.refine import Defender
 
     assert "votes" not in config_key(harness.EvalConfig()) and config_key(harness.EvalConfig(votes=3))["votes"] == 3
-    rows, _ = harness.run(data_root, "kvasir", "val", ["fm-kmeans", "fm-ppd"], references=1, limit=2,
-                          cfg=harness.EvalConfig(votes=3), segmenter=segmenter, progress=False,
-                          cache_path=tmp_path / "rows.jsonl")
+    kw = {"references": 1, "limit": 2, "segmenter": segmenter, "progress": False, "cache_path": tmp_path / "rows.jsonl"}
+    harness.run(data_root, "kvasir", "val", ["fm-gbmseg"], **kw)
+    rows, _ = harness.run(data_root, "kvasir", "val", ["fm-kmeans", "fm-ppd", "fm-gbmseg"],
+                          cfg=harness.EvalConfig(votes=3), **kw)
+    cached = (tmp_path / "rows.jsonl").read_text()
+    assert cached.count('"fm-gbmseg"') == 2  # a method that does not vote keeps its rows
+    rows = [r for r in rows if r.method != "fm-gbmseg"]
     samples = {s.id: s for s in data.load_dataset(data_root, split="val") if s.dataset == "kvasir"}
     d = Defender(segmenter=segmenter)
     for r in rows:

@@ -336,4 +336,5 @@ METHODS: dict[str, Method] = _registry(
     Method("ideal-attacked-oracle", False, False, True, "GT-guided greedy removal from the attacked set "
            "(GT-informed, not a bound)", ideal_attacked_oracle),
 )
+VOTED = ("fm-kmeans", "fm-ppd")  # the methods that read EvalConfig.votes
 TRAINING_FREE = ("fm", "fm-kmeans", "fm-random", "fm-gbmseg", "persam")
