@@ -106,8 +106,10 @@ def _overlays(results: Path, datasets: dict[str, dict], per: int = 2) -> list[tu
     for ds, info in datasets.items():
         run = info["run"]
         # the start sets the run was scored on
-        pipe = OneShot(seg, dfd, k=run["config"]["k"], cycle=bool(run["config"].get("cycle", False)),
-                       seed=run["config"]["seed"], instances="single")
+        c = run["config"]
+        opts = {"k": c["k"], "cycle": bool(c.get("cycle", False)), "seed": c["seed"], "instances": "single",
+                "votes": c.get("votes", 1)}
+        pipe, plain = OneShot(seg, dfd, **opts), OneShot(seg, None, **opts)
         root = Path(run["data_root"])
         samples = {s.id: s for s in data.load_dataset(root, dataset=ds, split=run["split"])}
         ref = samples[run["references"][0]]
@@ -116,17 +118,17 @@ def _overlays(results: Path, datasets: dict[str, dict], per: int = 2) -> list[tu
         pp = {r["target"]: float(r["dice"]) for r in rows if r["method"] == "fm-ppd"}
         gains = sorted(km, key=lambda t: pp[t] - km[t])
         picks = list(dict.fromkeys(gains[-per:][::-1] + gains[:1]))
-        pipe.set_reference(ref.image(), ref.mask())
+        plain.set_reference(pipe.set_reference(ref.image(), ref.mask()))
         for t in picks:
             s = samples[t]
             image = s.image()
             frame = seg.frame(image)
             one = pipe.run(frame)
             res, pts, labs = one.refined, one.proposal.points, one.proposal.labels
-            before = seg.decode(frame, pts, labs).mask
+            before = plain.run(frame, one.proposal).mask  # with --votes: both masks voted
             k = res.kept
             left = overlay(image, before, pts, labs)
-            right = overlay(image, res.mask, pts[k], labs[k], pts[~k], labs[~k])
+            right = overlay(image, one.mask, pts[k], labs[k], pts[~k], labs[~k])
             gt = overlay(image, s.mask())
             name = f"{ds}_{t}.jpg"
             strip = Image.fromarray(np.concatenate([gt, left, right], 1))
