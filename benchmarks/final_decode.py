@@ -12,10 +12,15 @@ end with, decodes the final mask several ways:
 * ``cascade``: PerSAM's three passes (multi, then + logits, then + box + logits);
 * ``cc``: the first mask restricted to its connected parts that hold a positive prompt.
 
+Also the defender refining the GBMSeg-style rule's set ("gbmseg-ppd"), and with ``--votes N`` the
+pixel-wise majority of the masks of N k-means seeds' start sets (``fm-kmeans-voteN``,
+``fm-ppd-voteN``: what ``ppd oneshot --votes N`` does); ``--plain`` skips the second passes.
+
 No variant reads the ground truth. Prints mDSC % (mean over targets, then mean ± sd over
 references) per set and variant, and the paired gain over ``plain``; ``--out`` keeps the rows.
 
 Run: .venv/bin/python benchmarks/final_decode.py --dataset kvasir --references 10 --seed 1 --limit 60
+     .venv/bin/python benchmarks/final_decode.py --plain --votes 3 --dataset kvasir --references 10 --seed 1 --limit 60
 """
 
 from __future__ import annotations
