@@ -36,7 +36,7 @@ from ppd import data
 from ppd.evaluate.baselines import gbmseg_prune, mask_box
 from ppd.evaluate.harness import select
 from ppd.metrics import dice
-from ppd.oneshot import OneShotReference, propose
+from ppd.oneshot import OneShotReference, majority, other_start_sets, propose
 from ppd.refine import Defender
 from ppd.sam import Frame, Segmenter
 
@@ -116,14 +116,12 @@ def main() -> None:
                              **{v: float(dice(m, gt)) for v, m in masks.items()}})
             if args.votes > 1:  # start sets from other k-means seeds; the pixel-wise majority of their masks
                 votes = {"fm-kmeans": [], "fm-ppd": []}
-                for j in range(args.votes):
-                    pr = prop if j == 0 else propose(ref, fr, args.k, None, seed=args.seed + 1000 * j,
-                                                     target_features=f)
+                for pr in [prop] + other_start_sets(prop, args.k, args.seed, args.votes):
                     votes["fm-kmeans"].append(seg.decode(fr, pr.points, pr.labels).mask)
                     votes["fm-ppd"].append(d.refine_frame(fr, pr.points, pr.labels, gref).mask)
                 for name, ms in votes.items():
                     rows.append({"target": t.id, "ref": r.id, "set": f"{name}-vote{args.votes}",
-                                 "plain": float(dice(np.mean(ms, 0) > 0.5, gt))})
+                                 "plain": float(dice(majority(ms), gt))})
     if args.out:
         Path(args.out).write_text("".join(json.dumps({k: round(v, 4) if isinstance(v, float) else v
                                                       for k, v in r.items()}, separators=(",", ":")) + "\n"

@@ -164,6 +164,11 @@ def rethin(p: Proposal, k: int, seed: int) -> Proposal:
     return Proposal(p.candidates, idx, 0.0, time.perf_counter() - t0)
 
 
+def other_start_sets(p: Proposal, k: int, seed: int, votes: int) -> list[Proposal]:
+    """The start sets voted with ``p`` (thinned with ``seed``): seeds seed + VOTE_SEED_STEP, ... (votes - 1)."""
+    return [rethin(p, k, seed + VOTE_SEED_STEP * j) for j in range(1, votes)]
+
+
 def majority(masks: list[np.ndarray]) -> np.ndarray:
     """Pixel-wise majority of boolean masks (with an even count a tie is background)."""
     return np.mean(np.stack(masks), axis=0) > 0.5
@@ -255,9 +260,8 @@ class OneShot:
             raise InvalidPromptError("feature matching found no prompt on this target")
         out = OneShotResult(prop, self._refine(frame, prop), self.mode)
         if self.votes > 1 and self.mode == "single":
-            k = start_k(self.mode, self.k)
-            out.others = [self._refine(frame, rethin(prop, k, self.seed + VOTE_SEED_STEP * j))
-                          for j in range(1, self.votes)]
+            others = other_start_sets(prop, start_k(self.mode, self.k), self.seed, self.votes)
+            out.others = [self._refine(frame, p) for p in others]
             out.voted = majority([out.refined.mask] + [r.mask for r in out.others])
         return out
 

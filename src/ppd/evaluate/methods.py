@@ -60,10 +60,10 @@ class RefJob:
     def others(self) -> list[Proposal]:
         """With ``votes`` > 1: the start sets from the other k-means seeds (the same candidates)."""
         if self._others is None:
-            from ppd.oneshot import VOTE_SEED_STEP, rethin
+            from ppd.oneshot import other_start_sets
 
             c = self.job.cfg
-            self._others = [rethin(self.proposal, c.k, c.seed + VOTE_SEED_STEP * j) for j in range(1, c.votes)]
+            self._others = other_start_sets(self.proposal, c.k, c.seed, c.votes)
         return self._others
 
 
