@@ -13,14 +13,17 @@ end with, decodes the final mask several ways:
 * ``cc``: the first mask restricted to its connected parts that hold a positive prompt.
 
 Also the defender refining the GBMSeg-style rule's set ("gbmseg-ppd"), and with ``--votes N`` the
-pixel-wise majority of the masks of N k-means seeds' start sets (``fm-kmeans-voteN``,
-``fm-ppd-voteN``: what ``ppd oneshot --votes N`` does); ``--plain`` skips the second passes.
+pixel-wise majority of the masks of N voted start sets (``fm-kmeans-voteN``, ``fm-ppd-voteN``: what
+``ppd oneshot --votes N`` does, ``ppd.oneshot.vote_plan``); ``--plain`` skips the second passes.
+``--views`` (session 11) instead votes fm-kmeans / fm-ppd over start sets from other k-means seeds,
+flipped references and flipped targets (``VIEW_VOTES``; the Dice of each start set alone as ``one:*``).
 
 No variant reads the ground truth. Prints mDSC % (mean over targets, then mean ± sd over
 references) per set and variant, and the paired gain over ``plain``; ``--out`` keeps the rows.
 
 Run: .venv/bin/python benchmarks/final_decode.py --dataset kvasir --references 10 --seed 1 --limit 60
      .venv/bin/python benchmarks/final_decode.py --plain --votes 3 --dataset kvasir --references 10 --seed 1 --limit 60
+     .venv/bin/python benchmarks/final_decode.py --views --dataset kvasir --references 10 --seed 1 --limit 40
 """
 
 from __future__ import annotations
@@ -36,11 +39,35 @@ from ppd import data
 from ppd.evaluate.baselines import gbmseg_prune, mask_box
 from ppd.evaluate.harness import select
 from ppd.metrics import dice
-from ppd.oneshot import OneShotReference, majority, other_start_sets, propose
+from ppd.oneshot import FLIPS, OneShotReference, flip_array, majority, other_start_sets, propose
 from ppd.refine import Defender
 from ppd.sam import Frame, Segmenter
 
 VARIANTS = ("plain", "multi", "box", "mask", "box+mask", "cascade", "cc")
+#: --views: the masks voted (o = the reference and target as they are, oN = k-means seed + 1000 N,
+#: rX = the reference flipped by X, tX = the target flipped by X, its points mapped back)
+VIEW_VOTES = {"seed3": ("o0", "o1", "o2"), "ref3": ("o0", "rh", "rv"), "ref5": ("o0", "rh", "rv", "rhv", "o1"),
+              "tgt3": ("o0", "th", "tv"), "rt5": ("o0", "rh", "rv", "th", "tv"),
+              "all9": ("o0", "o1", "o2", "rh", "rv", "rhv", "th", "tv", "pool")}
+
+
+def unflip(points: np.ndarray, how: str, size: tuple[int, int]) -> np.ndarray:
+    """Points (x, y) found on a flipped image, on the image as it is."""
+    h, w = size
+    out = points.astype(np.float32).copy()
+    if "h" in how:
+        out[:, 0] = w - 1 - out[:, 0]
+    if "v" in how:
+        out[:, 1] = h - 1 - out[:, 1]
+    return out
+
+
+def pooled(refs: list[OneShotReference], tf, size: tuple[int, int]):
+    """Candidates matched against every view of the reference at once (their grids stacked)."""
+    from ppd.oneshot import match_patches
+    g = np.concatenate([r.features.grid for r in refs]), np.concatenate([r.features.valid for r in refs])
+    return match_patches(g[0], g[1], np.concatenate([r.frac for r in refs]), tf.grid, tf.valid, tf.patch_size,
+                         size, cycle=True)
 
 
 def with_positive(mask: np.ndarray, positives: np.ndarray) -> np.ndarray:
@@ -73,6 +100,45 @@ def final_masks(seg: Segmenter, fr: Frame, pts: np.ndarray, labs: np.ndarray, pl
     return out
 
 
+def view_rows(seg, d, fr, gt, tid, rid, ref, flipped, tviews, prop, k, seed) -> list[dict]:
+    """fm-kmeans / fm-ppd masks of every start set ``VIEW_VOTES`` names, and the Dice of each vote."""
+    from ppd.oneshot import Proposal, kmeans_thin, rethin
+    size = fr.original_size
+    starts = {"o0": (prop, ref)} | {f"o{j}": (rethin(prop, k, seed + 1000 * j), ref) for j in (1, 2)}
+    f = fr.features()
+    for how, rv in flipped.items():
+        starts[f"r{how}"] = (propose(rv, fr, k, None, seed=seed, target_features=f), rv)
+    for how, tf in tviews.items():
+        c = match_patches_views(ref, tf, size, how)
+        starts[f"t{how}"] = (Proposal(c, kmeans_thin(c.points, c.labels, k, seed=seed)), ref)
+    c = pooled([ref, *flipped.values()], f, size)
+    starts["pool"] = (Proposal(c, kmeans_thin(c.points, c.labels, k, seed=seed)), ref)
+    gref = ref.graph_reference(d.config.graph_grid)
+    masks = {"fm-kmeans": {}, "fm-ppd": {}}
+    for name, (p, rr) in starts.items():
+        if len(p.points) == 0:
+            continue
+        masks["fm-kmeans"][name] = seg.decode(fr, p.points, p.labels).mask
+        masks["fm-ppd"][name] = d.refine_frame(fr, p.points, p.labels, rr.graph_reference(d.config.graph_grid)
+                                               if name.startswith("r") else gref).mask
+    out = []
+    for s, ms in masks.items():
+        row = {"target": tid, "ref": rid, "set": s}
+        row |= {f"one:{n}": float(dice(m, gt)) for n, m in ms.items()}
+        row |= {v: float(dice(majority([ms[n] for n in names if n in ms]), gt)) for v, names in VIEW_VOTES.items()}
+        out.append(row)
+    return out
+
+
+def match_patches_views(ref: OneShotReference, tf, size: tuple[int, int], how: str):
+    """Candidates matched on the target flipped by ``how``, mapped back onto the target."""
+    from ppd.oneshot import Candidates, match_patches
+    rf = ref.features
+    h, w = size
+    c = match_patches(rf.grid, rf.valid, ref.frac, tf.grid, tf.valid, tf.patch_size, size, cycle=True)
+    return Candidates(unflip(c.points, how, (h, w)), c.labels)
+
+
 def main() -> None:
     a = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     a.add_argument("--dataset", required=True)
@@ -86,18 +152,25 @@ def main() -> None:
     a.add_argument("--out", default=None, help="a .jsonl file for the rows")
     a.add_argument("--plain", action="store_true", help="only the plain decode (and cc): compare the sets")
     a.add_argument("--votes", type=int, default=1, help="also the majority mask over start sets from N k-means seeds")
+    a.add_argument("--views", action="store_true",
+                   help="only fm-kmeans / fm-ppd, voted over flipped references / targets (VIEW_VOTES)")
     args = a.parse_args()
     seg = Segmenter()
     d = Defender(args.defender, segmenter=seg)
     samples = [s for s in data.load_dataset(args.data, split=args.split) if s.dataset == args.dataset]
     refs, targets = select(samples, args.references, None, args.limit, args.seed)
-    made = [(r, OneShotReference.make(seg.frame(r.image()), r.mask())) for r in refs]
+    made = [(r, OneShotReference.make(seg.frame(r.image()), r.mask(), r.image())) for r in refs]
+    flipped = {r.id: {k: ref.view(k, seg) for k in FLIPS} for r, ref in made} if args.views else {}
     rows = []
     for t in targets:
         fr, gt = seg.frame(t.image()), t.mask()
         f = fr.features()
+        tviews = {k: seg.frame(flip_array(t.image(), k)).features() for k in ("h", "v")} if args.views else {}
         for r, ref in made:
             prop = propose(ref, fr, args.k, None, seed=args.seed, target_features=f)
+            if args.views:
+                rows += view_rows(seg, d, fr, gt, t.id, r.id, ref, flipped[r.id], tviews, prop, args.k, args.seed)
+                continue
             pts, labs = prop.points, prop.labels
             if len(pts) == 0:
                 continue
@@ -116,9 +189,11 @@ def main() -> None:
                              **{v: float(dice(m, gt)) for v, m in masks.items()}})
             if args.votes > 1:  # start sets from other k-means seeds; the pixel-wise majority of their masks
                 votes = {"fm-kmeans": [], "fm-ppd": []}
-                for pr in [prop] + other_start_sets(prop, args.k, args.seed, args.votes):
+                for pr, view in [(prop, ref)] + other_start_sets(ref, fr, prop, args.k, args.seed, args.votes, seg,
+                                                                 None, f):
                     votes["fm-kmeans"].append(seg.decode(fr, pr.points, pr.labels).mask)
-                    votes["fm-ppd"].append(d.refine_frame(fr, pr.points, pr.labels, gref).mask)
+                    votes["fm-ppd"].append(d.refine_frame(fr, pr.points, pr.labels,
+                                                          view.graph_reference(d.config.graph_grid)).mask)
                 for name, ms in votes.items():
                     rows.append({"target": t.id, "ref": r.id, "set": f"{name}-vote{args.votes}",
                                  "plain": float(dice(majority(ms), gt))})
@@ -129,10 +204,13 @@ def main() -> None:
     print(f"{args.dataset} {args.split}: {len(targets)} targets x {len(refs)} references (seed {args.seed})")
     for name in dict.fromkeys(x["set"] for x in rows):
         first = next(x for x in rows if x["set"] == name)
-        per_ref = {v: [100 * np.mean([x[v] for x in rows if x["set"] == name and x["ref"] == r.id])
-                       for r in refs] for v in VARIANTS if v in first}
+        names = [v for v in first if v not in ("target", "ref", "set")] if args.views else \
+            [v for v in VARIANTS if v in first]
+        per_ref = {v: [100 * np.mean([x.get(v, x.get("one:o0")) for x in rows if x["set"] == name and x["ref"] == r.id])
+                       for r in refs] for v in names}
         line = "  ".join(f"{v} {np.mean(s):.1f}±{np.std(s):.1f}"
-                         + ("" if v == "plain" else f" ({np.mean(np.subtract(s, per_ref['plain'])):+.1f})")
+                         + ("" if v in ("plain", "one:o0") else
+                            f" ({np.mean(np.subtract(s, per_ref.get('plain', per_ref.get('one:o0')))):+.1f})")
                          for v, s in per_ref.items())
         print(f"{name:10s} {line}")
 

@@ -25,8 +25,9 @@ import torch.nn.functional as F
 
 from ppd import data
 from ppd.evaluate.harness import select
+from ppd.matching import _unit, kmeans_thin, match_patches, patch_fractions
 from ppd.metrics import dice
-from ppd.oneshot import OneShotReference, _unit, kmeans_thin, match_patches, patch_fractions
+from ppd.oneshot import OneShotReference
 from ppd.refine import Defender
 from ppd.sam import Segmenter
 

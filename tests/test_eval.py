@@ -257,13 +257,14 @@ def test_untrained_rows_are_keyed_by_the_defender_they_imitate():
 
 
 def test_votes_in_eval_rows(segmenter, data_root, tmp_path):
-    """``EvalConfig(votes=3)``: fm-kmeans and fm-ppd score the majority mask of three seeded start sets,
+    """``EvalConfig(votes=3)``: fm-kmeans and fm-ppd score the majority mask of three voted start sets,
     exactly as OneShot(votes=3) makes it; votes=1 rows keep their earlier cache keys."""
     from ppd.evaluate.keys import config_key
     from ppd.oneshot import OneShot
     from ppd.refine import Defender
 
     assert "votes" not in config_key(harness.EvalConfig()) and config_key(harness.EvalConfig(votes=3))["votes"] == 3
+    assert config_key(harness.EvalConfig(votes=3))["vote_plan"] == "flips"  # not session 10's seed-only rows
     kw = {"references": 1, "limit": 2, "segmenter": segmenter, "progress": False, "cache_path": tmp_path / "rows.jsonl"}
     harness.run(data_root, "kvasir", "val", ["fm-gbmseg"], **kw)
     rows, _ = harness.run(data_root, "kvasir", "val", ["fm-kmeans", "fm-ppd", "fm-gbmseg"],

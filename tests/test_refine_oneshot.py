@@ -335,26 +335,34 @@ def test_cli_oneshot_on_a_folder(tmp_path, manifest, cache_dir, monkeypatch, cap
     assert "without images" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "c").exists()
 
 
-def test_votes_are_the_majority_of_seeded_start_sets(segmenter, manifest):
-    """OneShot(votes=3): the pixel-wise majority of the masks of three runs with k-means seeds seed,
-    seed + 1000, seed + 2000 (same candidates); votes=1 is the plain pipeline. Through the real model."""
-    from ppd.oneshot import OneShot, majority
+def test_votes_are_the_majority_of_flipped_and_seeded_start_sets(segmenter, manifest):
+    """OneShot(votes=5): the pixel-wise majority of the masks of five runs: the reference as it is, flipped
+    left-right, up-down and both (k-means seed ``seed``), then as it is with seed + 1000 (vote_plan);
+    votes=1 is the plain pipeline. Through the real model."""
+    from ppd.oneshot import OneShot, flip_array, majority, vote_plan
 
+    assert vote_plan(6) == [("h", 0), ("v", 0), ("hv", 0), ("", 1000), ("h", 1000)]
     ref, tgt = pick(manifest, "kvasir", "val", 2)
+    image, mask = ref.image(), ref.mask()
     frame = segmenter.frame(tgt.image())
     d = Defender(segmenter=segmenter)
     singles = []
-    for s in (3, 1003, 2003):
+    for flip, s in (("", 3), ("h", 3), ("v", 3), ("hv", 3), ("", 1003)):
         pipe = OneShot(segmenter, d, k=10, seed=s)
-        pipe.set_reference(ref.image(), ref.mask())
+        pipe.set_reference(flip_array(image, flip) if flip else image, flip_array(mask, flip) if flip else mask)
         singles.append(pipe.run(frame))
-    voted = OneShot(segmenter, d, k=10, seed=3, votes=3)
-    voted.set_reference(ref.image(), ref.mask())
+    voted = OneShot(segmenter, d, k=10, seed=3, votes=5)
+    voted.set_reference(image, mask)
     out = voted.run(frame)
-    assert len(out.others) == 2 and out.voted is not None
+    assert len(out.others) == 4 and out.voted is not None
     assert np.array_equal(out.refined.kept, singles[0].refined.kept)
     assert np.array_equal(out.mask, majority([r.mask for r in singles]))
-    assert [np.array_equal(o.kept, r.refined.kept) for o, r in zip(out.others, singles[1:], strict=True)] == [True] * 2
+    assert [np.array_equal(o.kept, r.refined.kept) and np.array_equal(o.points, r.refined.points)
+            for o, r in zip(out.others, singles[1:], strict=True)] == [True] * 4
+    assert not np.array_equal(out.others[0].points, singles[0].refined.points)  # a flip matches other patches
     assert np.array_equal(majority([np.ones((2, 2), bool), np.zeros((2, 2), bool)]), np.zeros((2, 2), bool))
     with pytest.raises(ConfigError, match="--votes"):
         OneShot(segmenter, d, votes=0)
+    with pytest.raises(ConfigError, match="image array"):  # a frame has no pixels to flip
+        OneShot(segmenter, d, votes=3).set_reference(segmenter.frame(image), mask)
+    OneShot(segmenter, d).set_reference(segmenter.frame(image), mask)  # votes=1 needs none

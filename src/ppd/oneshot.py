@@ -1,16 +1,8 @@
-"""One-shot prompts by feature matching (PAPER.md, "Inference"), then k-means thinning.
+"""One-shot prompts by feature matching (PAPER.md, "Inference"), then k-means thinning, then the
+defender: :class:`OneShot`, the pipeline every entry point goes through.
 
-From one reference image and its mask: every reference patch of SAM's 64x64
-embedding grid that lies wholly inside the mask votes for its nearest target
-patch (cosine similarity of SAM features) as a *positive* candidate, every patch
-wholly outside for a *negative* one. Candidates sit at target patch centres; a
-target patch claimed twice by one class is one candidate, one claimed by both
-classes is dropped.
-
-That gives hundreds to thousands of candidates, too many for SAM (a decode with
-thousands of points takes about a second) and for a defender that removes one
-per step, so :func:`kmeans_thin` keeps at most K per class: k-means on the
-candidates' coordinates, and the candidate nearest each centroid.
+The matching and thinning themselves are :mod:`ppd.matching` (pure array code); this module holds
+the reference (:class:`OneShotReference`), the start sets (:func:`propose`, voting) and the pipeline.
 """
 
 from __future__ import annotations
@@ -21,72 +13,16 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from ppd.errors import ConfigError, ImageNotSetError, InvalidPromptError
 from ppd.graph import Reference
 from ppd.instances import MANY_IOU_MARGIN, check_mode, resolve_mode, start_k, union_of_instances
 from ppd.io import check_image_array, check_reference_mask
+from ppd.matching import Candidates, kmeans_thin, match_patches, patch_fractions  # noqa: F401 (re-exported)
 from ppd.prompts import check_k
 from ppd.refine import Defender, RefineResult
 from ppd.sam import Frame, Segmenter
-from ppd.sam.frame import GRID, IMG_SIZE, PatchFeatures
-
-
-@dataclass
-class Candidates:
-    points: np.ndarray  # (N, 2) x, y in target pixels
-    labels: np.ndarray  # (N,) 1 / 0
-
-    def __len__(self) -> int:
-        return len(self.points)
-
-
-def patch_fractions(mask: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
-    """Share of each 64x64-grid patch covered by ``mask`` (padding counts as outside)."""
-    ih, iw = input_size
-    m = torch.as_tensor(mask, dtype=torch.float32)[None, None]
-    m = F.interpolate(m, (ih, iw), mode="nearest")
-    m = F.pad(m, (0, IMG_SIZE - iw, 0, IMG_SIZE - ih))
-    return F.avg_pool2d(m, IMG_SIZE // GRID)[0, 0].numpy()
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-8)
-
-
-def match_patches(ref_grid: np.ndarray, ref_valid: np.ndarray, ref_frac: np.ndarray, tgt_grid: np.ndarray,
-                  tgt_valid: np.ndarray, patch_size: float, size: tuple[int, int], cycle: bool = False) -> Candidates:
-    """Feature matching on 64x64 feature grids (see the module doc).
-
-    ``ref_frac`` is the reference mask's share of each patch (:func:`patch_fractions`);
-    ``patch_size`` and ``size`` (H, W) describe the target in original pixels. ``cycle``: keep a
-    candidate only if the target patch's own nearest reference patch lies on the same side of the
-    reference mask (forward-backward consistency, as in Matcher / PerSAM-style pipelines).
-    """
-    inside = ref_valid & (ref_frac >= 1.0)
-    outside = ref_valid & (ref_frac <= 0.0)
-    if not inside.any():  # an object smaller than a patch: use the patches most covered
-        inside = ref_valid & (ref_frac > 0) & (ref_frac >= ref_frac[ref_valid].max() * 0.5)
-    rows, cols = np.nonzero(tgt_valid)
-    tgt = torch.as_tensor(_unit(tgt_grid[rows, cols]))
-    claims = np.zeros((len(rows), 2), bool)  # [negative, positive]
-    for lab, sel in ((1, inside), (0, outside)):
-        if sel.any():
-            nearest = (torch.as_tensor(_unit(ref_grid[sel])) @ tgt.T).argmax(1).numpy()
-            claims[np.unique(nearest), lab] = True
-    keep = claims.any(1) & ~claims.all(1)
-    if cycle:
-        rr, rc = np.nonzero(ref_valid)
-        back = (tgt @ torch.as_tensor(_unit(ref_grid[rr, rc])).T).argmax(1).numpy()
-        inside_back = ref_frac[rr[back], rc[back]] >= 0.5
-        keep &= np.where(claims[:, 1], inside_back, ~inside_back)
-    h, w = size
-    pts = np.stack([np.minimum((cols[keep] + 0.5) * patch_size, w - 1),
-                    np.minimum((rows[keep] + 0.5) * patch_size, h - 1)], 1)
-    return Candidates(points=pts.astype(np.float32), labels=claims[keep, 1].astype(np.int64))
-
+from ppd.sam.frame import PatchFeatures
 
 #: Whether one-shot start sets come from cycle-consistent matches by default (``match_patches``).
 CYCLE = True
@@ -99,8 +35,10 @@ class OneShotReference:
     frame: Frame
     mask: np.ndarray  # (H, W) bool
     frac: np.ndarray  # (64, 64) the mask's share of each patch (patch_fractions)
+    image: np.ndarray | None = field(default=None, repr=False)  # the pixels (flipped views need them)
     _refs: dict = field(default_factory=dict, repr=False)  # graph grid -> Reference
     _features: PatchFeatures | None = field(default=None, repr=False)
+    _views: dict = field(default_factory=dict, repr=False)  # flip -> OneShotReference
 
     @property
     def features(self) -> PatchFeatures:
@@ -110,9 +48,23 @@ class OneShotReference:
         return self._features
 
     @classmethod
-    def make(cls, frame: Frame, mask: np.ndarray) -> OneShotReference:
+    def make(cls, frame: Frame, mask: np.ndarray, image: np.ndarray | None = None) -> OneShotReference:
+        """``image``: the frame's pixels, kept when given (voting over flipped views embeds them flipped)."""
         mask = check_reference_mask(mask, frame.original_size)
-        return cls(frame, mask, patch_fractions(mask, frame.input_size))
+        return cls(frame, mask, patch_fractions(mask, frame.input_size), image)
+
+    def view(self, flip: str, segmenter: Segmenter) -> OneShotReference:
+        """This reference flipped (``flip`` in :data:`FLIPS`: image and mask), embedded once and kept.
+        SAM's features are not flip-equivariant, so a flipped reference matches other target patches."""
+        if not flip:
+            return self
+        if flip not in self._views:
+            if self.image is None:
+                raise ConfigError("voting over flipped references needs the reference image: give "
+                                  "set_reference an image array, not a Frame")
+            img = flip_array(self.image, flip)
+            self._views[flip] = OneShotReference.make(segmenter.frame(img), flip_array(self.mask, flip), img)
+        return self._views[flip]
 
     def graph_reference(self, grid: int = 32) -> Reference:
         """What the defender reads about the object sought (built once per graph grid)."""
@@ -148,8 +100,23 @@ def match(ref: OneShotReference, target: Frame, cycle: bool | None = None,
                          cycle=CYCLE if cycle is None else bool(cycle))
 
 
-#: k-means seeds of the start sets whose masks are voted: seed, seed + VOTE_SEED_STEP, ...
+#: ``flip`` -> (H, W, ...) array flipped: left-right, up-down, both
+FLIPS = {"h": (1,), "v": (0,), "hv": (0, 1)}
+#: the voted start sets cycle through the reference as it is and flipped (``VOTE_VIEWS[j % 4]``), with
+#: k-means seed ``seed + VOTE_SEED_STEP * (j // 4)`` (docs/TRAINING.md, session 11)
+VOTE_VIEWS = ("", "h", "v", "hv")
 VOTE_SEED_STEP = 1000
+
+
+def flip_array(a: np.ndarray, flip: str) -> np.ndarray:
+    if flip not in FLIPS:
+        raise ConfigError(f"unknown flip {flip!r}; one of {sorted(FLIPS)}")
+    return np.ascontiguousarray(np.flip(a, FLIPS[flip]))
+
+
+def vote_plan(votes: int) -> list[tuple[str, int]]:
+    """(flip of the reference, k-means seed offset) of start sets 2 .. ``votes`` (the first is ("", 0))."""
+    return [(VOTE_VIEWS[j % len(VOTE_VIEWS)], VOTE_SEED_STEP * (j // len(VOTE_VIEWS))) for j in range(1, votes)]
 
 
 def check_votes(votes: int) -> None:
@@ -164,9 +131,20 @@ def rethin(p: Proposal, k: int, seed: int) -> Proposal:
     return Proposal(p.candidates, idx, 0.0, time.perf_counter() - t0)
 
 
-def other_start_sets(p: Proposal, k: int, seed: int, votes: int) -> list[Proposal]:
-    """The start sets voted with ``p`` (thinned with ``seed``): seeds seed + VOTE_SEED_STEP, ... (votes - 1)."""
-    return [rethin(p, k, seed + VOTE_SEED_STEP * j) for j in range(1, votes)]
+def other_start_sets(ref: OneShotReference, target: Frame, p: Proposal, k: int, seed: int, votes: int,
+                     segmenter: Segmenter, cycle: bool | None = None,
+                     target_features: PatchFeatures | None = None) -> list[tuple[Proposal, OneShotReference]]:
+    """The start sets voted with ``p`` (``ref`` matched on ``target``, thinned with ``seed``), each with the
+    reference view it came from, in :func:`vote_plan` order: a flipped reference is matched anew; the
+    reference as it is reuses ``p``'s candidates, thinned with another seed."""
+    out = []
+    for flip, offset in vote_plan(votes):
+        if flip:
+            view = ref.view(flip, segmenter)
+            out.append((propose(view, target, k, cycle, seed + offset, target_features), view))
+        else:
+            out.append((rethin(p, k, seed + offset), ref))
+    return out
 
 
 def majority(masks: list[np.ndarray]) -> np.ndarray:
@@ -189,8 +167,9 @@ class OneShotResult:
     proposal: Proposal
     refined: RefineResult  # over the start set: kept / suppressed, final mask (all kept without a defender)
     mode: str = "single"  # ppd.instances mode: "single", "many" (K >= 32) or "union" (one mask per positive)
-    # votes > 1: the results of the start sets from the other k-means seeds, and the pixel-wise majority
-    # of every set's mask (``mask``); ``proposal`` / ``refined`` stay the first seed's
+    # votes > 1: the results of the other voted start sets (flipped references, other k-means seeds:
+    # vote_plan), and the pixel-wise majority of every set's mask (``mask``); ``proposal`` / ``refined``
+    # stay the first set's
     others: list[RefineResult] = field(default_factory=list)
     voted: np.ndarray | None = None
 
@@ -211,8 +190,10 @@ class OneShot:
         """``instances`` (:mod:`ppd.instances`): ``single`` (K as given, one SAM mask), ``many`` (a denser
         start set, K >= 32, one SAM mask: for "all nuclei" references), ``union`` (one SAM mask per kept
         positive, their union) or ``auto`` (``many`` when the reference mask holds several separate
-        objects, else ``single``). ``votes`` > 1 (single objects): as many start sets from other k-means
-        seeds, each refined, and the pixel-wise majority of their masks (docs/TRAINING.md, session 10)."""
+        objects, else ``single``). ``votes`` > 1 (single objects): as many start sets, from the reference
+        flipped left-right, up-down, both, then from other k-means seeds (:func:`vote_plan`), each refined,
+        and the pixel-wise majority of their masks (docs/TRAINING.md, session 11). Flipped references are
+        embedded once per reference."""
         rows = None if defender is None else defender.agent.rows
         check_k(k, rows)
         check_votes(votes)
@@ -235,12 +216,16 @@ class OneShot:
         if isinstance(image, OneShotReference):
             ref = image
         else:
+            pixels = None
             if not isinstance(image, Frame):
                 mask = check_reference_mask(mask, check_image_array(image))
-            ref = OneShotReference.make(self.frame(image), mask)
+                pixels = image
+            ref = OneShotReference.make(self.frame(image), mask, pixels)
         mode = resolve_mode(self.instances, ref.mask)
         if self.defender is not None:  # many objects: the denser start set must fit the defender's rows
             check_k(start_k(mode, self.k), self.defender.agent.rows, " (many objects: --instances single)")
+        if self.votes > 1 and mode == "single" and ref.image is None:
+            raise ConfigError("votes > 1 flips the reference image: give set_reference the image array, not a Frame")
         self.ref, self.mode = ref, mode
         return ref
 
@@ -258,14 +243,16 @@ class OneShot:
         prop = proposal or self.propose(frame)
         if len(prop.points) == 0:
             raise InvalidPromptError("feature matching found no prompt on this target")
-        out = OneShotResult(prop, self._refine(frame, prop), self.mode)
+        ref = self._need_reference()
+        out = OneShotResult(prop, self._refine(frame, prop, ref), self.mode)
         if self.votes > 1 and self.mode == "single":
-            others = other_start_sets(prop, start_k(self.mode, self.k), self.seed, self.votes)
-            out.others = [self._refine(frame, p) for p in others]
+            others = other_start_sets(ref, frame, prop, start_k(self.mode, self.k), self.seed, self.votes, self.seg,
+                                      self.cycle)
+            out.others = [self._refine(frame, p, view) for p, view in others]
             out.voted = majority([out.refined.mask] + [r.mask for r in out.others])
         return out
 
-    def _refine(self, frame: Frame, prop: Proposal) -> RefineResult:
+    def _refine(self, frame: Frame, prop: Proposal, ref: OneShotReference) -> RefineResult:
         pts, labs = prop.points, prop.labels
         if self.defender is None:
             res = RefineResult(points=pts, labels=labs, kept=np.ones(len(pts), bool), stop_reason="no defender")
@@ -275,8 +262,8 @@ class OneShot:
             cfg = self.defender.config
             if self.mode == "many":  # see ppd.instances.MANY_IOU_MARGIN
                 cfg = replace(cfg, iou_margin=max(cfg.iou_margin, MANY_IOU_MARGIN))
-            ref = self.ref.graph_reference(cfg.graph_grid)
-            res = self.defender.refine_frame(frame, pts, labs, reference=ref, config=cfg)
+            res = self.defender.refine_frame(frame, pts, labs, reference=ref.graph_reference(cfg.graph_grid),
+                                             config=cfg)
         if self.mode == "union" and (labs[res.kept] == 1).any():
             res.mask, _ = union_of_instances(self.seg, frame, pts[res.kept], labs[res.kept])
         return res
@@ -329,28 +316,3 @@ class FeatureMatcher:
             raise ImageNotSetError("call set_reference(image, mask) first")
         frame = image if isinstance(image, Frame) else self.seg.frame(image)
         return match(self.ref, frame, self.cycle)
-
-
-def kmeans_thin(points: np.ndarray, labels: np.ndarray, k: int = 10, seed: int = 0) -> np.ndarray:
-    """Indices of at most ``k`` prompts per class: the point nearest each k-means centroid."""
-    from scipy.cluster.vq import kmeans2
-
-    if not isinstance(k, int | np.integer) or k < 1:
-        raise ConfigError(f"k (prompts kept per class) must be an integer of at least 1, got {k!r}")
-    keep = []
-    for lab in (1, 0):
-        idx = np.nonzero(labels == lab)[0]
-        if len(idx) <= k:
-            keep += idx.tolist()
-            continue
-        pts = points[idx].astype(np.float64)
-        cent, _ = kmeans2(pts, k, minit="++", seed=seed)
-        d = ((pts[:, None, :] - cent[None]) ** 2).sum(-1)
-        chosen = set()
-        for c in range(len(cent)):  # nearest unused candidate to each centroid
-            for j in np.argsort(d[:, c]):
-                if j not in chosen:
-                    chosen.add(int(j))
-                    break
-        keep += idx[sorted(chosen)].tolist()
-    return np.array(sorted(keep), dtype=np.int64)

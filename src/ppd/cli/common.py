@@ -167,10 +167,11 @@ def cycle_opt(sp) -> None:
                          "(default: the pipeline's, ppd.oneshot.CYCLE)")
 
 def votes_opt(sp) -> None:
-    """--votes N: start sets from N k-means seeds, each segmented (refined), masks voted pixel-wise."""
+    """--votes N: N start sets (flipped references, then k-means seeds), each refined, masks voted."""
     sp.add_argument("--votes", type=int, default=1,
-                    help="start sets from N k-means seeds, each refined, and the pixel-wise majority of their "
-                         "masks (single objects; N times the defender's time; default 1)")
+                    help="N start sets: from the reference as it is and flipped left-right, up-down, both, "
+                         "then other k-means seeds; each refined, and the pixel-wise majority of their masks "
+                         "(single objects; N times the defender's time; default 1)")
 
 
 DEFENDER_OPT_HELP = ("override a setting the defender refines with (repeatable; e.g. max_removals=12, "

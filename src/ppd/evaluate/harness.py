@@ -36,7 +36,7 @@ from ppd.data import Sample
 from ppd.errors import ConfigError, DataError
 from ppd.evaluate.agents import Agents
 from ppd.evaluate.keys import EvalConfig, ResultCache, agent_sha, config_key, refine_settings  # noqa: F401
-from ppd.evaluate.methods import METHODS, TRAINING_FREE, VOTED, RefJob, TargetJob, target_name  # noqa: F401
+from ppd.evaluate.methods import METHODS, TRAINING_FREE, RefJob, TargetJob, target_name  # noqa: F401
 from ppd.evaluate.tables import Row, Summary, format_table, read_base, summarize, write_outputs  # noqa: F401
 from ppd.game.objects import WHOLE, ObjectConfig, ObjectSource
 from ppd.io import file_sha256
@@ -127,8 +127,9 @@ class Harness:
         uses_a = m.attacker and method != "fm-random"  # fm-random depends on the defender's removal count only
         defender = self.hashes["untrained" if method == "ideal-attacked-untrained" else "defender"]
         cfg = config_key(self.cfg)
-        if method not in VOTED:  # only these read ``votes``: the others keep their rows whatever it is
+        if not m.votes:  # only these read ``votes``: the others keep their rows whatever it is
             cfg.pop("votes", None)
+            cfg.pop("vote_plan", None)
         parts = {"method": method, "cfg": cfg, "sam": self.hashes["sam"],
                  "target": [self._sha(target.image_path), self._sha(target.mask_path)],
                  "ref": [self._sha(ref.image_path), self._sha(ref.mask_path)] if ref is not None else None,
@@ -213,7 +214,8 @@ class Harness:
         mask = ref.mask()
         if not mask.any():
             raise DataError(f"{ref.mask_path}: the reference mask is empty")
-        return OneShotReference.make(self.seg.frame(ref.image()), mask)
+        image = ref.image()
+        return OneShotReference.make(self.seg.frame(image), mask, image)
 
     def _target(self, t: Sample, k: int, todo: list, ref_frames: dict, keys: dict, per_target: dict) -> None:
         if k == WHOLE:

@@ -22,8 +22,8 @@ class EvalConfig:
     # start sets from cycle-consistent matches (ppd.oneshot.match_patches); every fm-* method and
     # the defender's start set follow it
     cycle: bool = field(default_factory=lambda: _cycle_default())
-    # fm-kmeans and fm-ppd: start sets from this many k-means seeds, their masks voted pixel-wise
-    # (ppd.oneshot.OneShot's ``votes``); other methods read the first seed's set only
+    # fm-kmeans and fm-ppd: this many start sets (flipped references, then other k-means seeds), their
+    # masks voted pixel-wise (ppd.oneshot.OneShot's ``votes``); other methods read the first set only
     votes: int = 1
     # part of every cache key: bump it when a method's definition changes (the defender's
     # weights and inference settings are in the keys of the rows that use it)
@@ -44,6 +44,8 @@ def config_key(cfg: EvalConfig) -> dict:
         del d["cycle"]
     if d["votes"] == 1:  # added in session 10
         del d["votes"]
+    else:  # session 11: the voted start sets come from flipped references first (ppd.oneshot.vote_plan)
+        d["vote_plan"] = "flips"
     return d
 
 

@@ -44,7 +44,7 @@ class RefJob:
     job: TargetJob
     removed: int | None = None  # prompts the defender removed from the proposal (fm-ppd, for fm-random)
     _proposal: Proposal | None = None
-    _others: list[Proposal] | None = None
+    _others: list[tuple[Proposal, OneShotReference]] | None = None
 
     @property
     def proposal(self) -> Proposal:
@@ -57,13 +57,14 @@ class RefJob:
         return self._proposal
 
     @property
-    def others(self) -> list[Proposal]:
-        """With ``votes`` > 1: the start sets from the other k-means seeds (the same candidates)."""
+    def others(self) -> list[tuple[Proposal, OneShotReference]]:
+        """With ``votes`` > 1: the other voted start sets, each with its reference view (as OneShot votes)."""
         if self._others is None:
             from ppd.oneshot import other_start_sets
 
-            c = self.job.cfg
-            self._others = other_start_sets(self.proposal, c.k, c.seed, c.votes)
+            c, j = self.job.cfg, self.job
+            self._others = other_start_sets(self.ref, j.frame, self.proposal, c.k, c.seed, c.votes, j.seg, c.cycle,
+                                            j.features)
         return self._others
 
 
@@ -194,25 +195,25 @@ def fm(t: TargetJob, r: RefJob) -> Outcome:
 
 
 def _voted(r: RefJob, first: np.ndarray, run: Callable) -> tuple[np.ndarray, float]:
-    """``first`` (the first seed's mask), or with ``votes`` > 1 the majority with ``run(proposal)`` of the
-    other seeds' start sets; and the seconds of their thinning."""
+    """``first`` (the first start set's mask), or with ``votes`` > 1 the majority with ``run(proposal, view)``
+    of the other voted start sets; and the seconds of their matching and thinning."""
     if not r.others:
         return first, 0.0
     from ppd.oneshot import majority
 
-    return majority([first] + [run(p) for p in r.others]), sum(p.thin_s for p in r.others)
+    return majority([first] + [run(p, v) for p, v in r.others]), sum(p.thin_s for p, _ in r.others)
 
 
 def fm_kmeans(t: TargetJob, r: RefJob) -> Outcome:
     p = r.proposal
-    mask, thin_s = _voted(r, t.decode(p.points, p.labels), lambda q: t.decode(q.points, q.labels))
+    mask, thin_s = _voted(r, t.decode(p.points, p.labels), lambda q, _: t.decode(q.points, q.labels))
     return Outcome(mask, len(p.index), len(p.index), p.thin_s + thin_s)
 
 
-def _defend(t: TargetJob, r: RefJob, p: Proposal | None = None):
+def _defend(t: TargetJob, r: RefJob, p: Proposal | None = None, view: OneShotReference | None = None):
     d = t.agents.defender
-    p = p or r.proposal
-    return d.refine_frame(t.frame, p.points, p.labels, reference=r.ref.graph_reference(d.config.graph_grid))
+    p, view = p or r.proposal, view or r.ref
+    return d.refine_frame(t.frame, p.points, p.labels, reference=view.graph_reference(d.config.graph_grid))
 
 
 def fm_ppd(t: TargetJob, r: RefJob) -> Outcome:
@@ -222,7 +223,7 @@ def fm_ppd(t: TargetJob, r: RefJob) -> Outcome:
     if n:
         res = _defend(t, r)
         kept = int(res.kept.sum())
-        mask, thin_s = _voted(r, res.mask, lambda q: _defend(t, r, q).mask)
+        mask, thin_s = _voted(r, res.mask, lambda q, v: _defend(t, r, q, v).mask)
     else:
         mask, kept = np.zeros_like(t.gt, bool), 0
     r.removed = n - kept  # the first seed's (fm-random removes as many)
@@ -299,6 +300,7 @@ class Method:
     attacker: bool  # reads the attacker
     description: str
     run: Callable[[TargetJob, RefJob | None], Outcome]
+    votes: bool = False  # reads EvalConfig.votes (the others' cache keys leave it out: their rows stay)
 
 
 def _registry(*methods: Method) -> dict[str, Method]:
@@ -312,9 +314,9 @@ METHODS: dict[str, Method] = _registry(
     Method("oracle-box", False, False, False, "the GT bounding box (sanity)", oracle_box),
     Method("fm", True, False, False, "all feature-matching prompts", fm),
     Method("fm-kmeans", True, False, False, "FM thinned to at most K per class by k-means on coordinates "
-           "(--votes N: N k-means seeds, masks voted)", fm_kmeans),
-    Method("fm-ppd", True, True, False, "fm-kmeans + the defender (--votes N: each seed's set refined, masks voted)",
-           fm_ppd),
+           "(--votes N: N start sets from flipped references / k-means seeds, masks voted)", fm_kmeans, votes=True),
+    Method("fm-ppd", True, True, False, "fm-kmeans + the defender (--votes N: each start set refined, masks voted)",
+           fm_ppd, votes=True),
     Method("fm-random", True, True, False, "fm-kmeans minus as many random prompts as the defender removed",
            fm_random),
     Method("fm-gbmseg", True, False, False, "fm-kmeans pruned by GBMSeg-style rules", fm_gbmseg),
@@ -336,5 +338,4 @@ METHODS: dict[str, Method] = _registry(
     Method("ideal-attacked-oracle", False, False, True, "GT-guided greedy removal from the attacked set "
            "(GT-informed, not a bound)", ideal_attacked_oracle),
 )
-VOTED = ("fm-kmeans", "fm-ppd")  # the methods that read EvalConfig.votes
 TRAINING_FREE = ("fm", "fm-kmeans", "fm-random", "fm-gbmseg", "persam")

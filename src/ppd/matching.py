@@ -1,0 +1,104 @@
+"""Feature matching (PAPER.md, "Inference") and k-means thinning: one-shot candidates as arrays.
+
+From one reference image and its mask: every reference patch of SAM's 64x64
+embedding grid that lies wholly inside the mask votes for its nearest target
+patch (cosine similarity of SAM features) as a *positive* candidate, every patch
+wholly outside for a *negative* one. Candidates sit at target patch centres; a
+target patch claimed twice by one class is one candidate, one claimed by both
+classes is dropped.
+
+That gives hundreds to thousands of candidates, too many for SAM (a decode with
+thousands of points takes about a second) and for a defender that removes one
+per step, so :func:`kmeans_thin` keeps at most K per class: k-means on the
+candidates' coordinates, and the candidate nearest each centroid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ppd.errors import ConfigError
+from ppd.sam.frame import GRID, IMG_SIZE
+
+
+@dataclass
+class Candidates:
+    points: np.ndarray  # (N, 2) x, y in target pixels
+    labels: np.ndarray  # (N,) 1 / 0
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+
+def patch_fractions(mask: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
+    """Share of each 64x64-grid patch covered by ``mask`` (padding counts as outside)."""
+    ih, iw = input_size
+    m = torch.as_tensor(mask, dtype=torch.float32)[None, None]
+    m = F.interpolate(m, (ih, iw), mode="nearest")
+    m = F.pad(m, (0, IMG_SIZE - iw, 0, IMG_SIZE - ih))
+    return F.avg_pool2d(m, IMG_SIZE // GRID)[0, 0].numpy()
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-8)
+
+
+def match_patches(ref_grid: np.ndarray, ref_valid: np.ndarray, ref_frac: np.ndarray, tgt_grid: np.ndarray,
+                  tgt_valid: np.ndarray, patch_size: float, size: tuple[int, int], cycle: bool = False) -> Candidates:
+    """Feature matching on 64x64 feature grids (see the module doc).
+
+    ``ref_frac`` is the reference mask's share of each patch (:func:`patch_fractions`);
+    ``patch_size`` and ``size`` (H, W) describe the target in original pixels. ``cycle``: keep a
+    candidate only if the target patch's own nearest reference patch lies on the same side of the
+    reference mask (forward-backward consistency, as in Matcher / PerSAM-style pipelines).
+    """
+    inside = ref_valid & (ref_frac >= 1.0)
+    outside = ref_valid & (ref_frac <= 0.0)
+    if not inside.any():  # an object smaller than a patch: use the patches most covered
+        inside = ref_valid & (ref_frac > 0) & (ref_frac >= ref_frac[ref_valid].max() * 0.5)
+    rows, cols = np.nonzero(tgt_valid)
+    tgt = torch.as_tensor(_unit(tgt_grid[rows, cols]))
+    claims = np.zeros((len(rows), 2), bool)  # [negative, positive]
+    for lab, sel in ((1, inside), (0, outside)):
+        if sel.any():
+            nearest = (torch.as_tensor(_unit(ref_grid[sel])) @ tgt.T).argmax(1).numpy()
+            claims[np.unique(nearest), lab] = True
+    keep = claims.any(1) & ~claims.all(1)
+    if cycle:
+        rr, rc = np.nonzero(ref_valid)
+        back = (tgt @ torch.as_tensor(_unit(ref_grid[rr, rc])).T).argmax(1).numpy()
+        inside_back = ref_frac[rr[back], rc[back]] >= 0.5
+        keep &= np.where(claims[:, 1], inside_back, ~inside_back)
+    h, w = size
+    pts = np.stack([np.minimum((cols[keep] + 0.5) * patch_size, w - 1),
+                    np.minimum((rows[keep] + 0.5) * patch_size, h - 1)], 1)
+    return Candidates(points=pts.astype(np.float32), labels=claims[keep, 1].astype(np.int64))
+
+
+def kmeans_thin(points: np.ndarray, labels: np.ndarray, k: int = 10, seed: int = 0) -> np.ndarray:
+    """Indices of at most ``k`` prompts per class: the point nearest each k-means centroid."""
+    from scipy.cluster.vq import kmeans2
+
+    if not isinstance(k, int | np.integer) or k < 1:
+        raise ConfigError(f"k (prompts kept per class) must be an integer of at least 1, got {k!r}")
+    keep = []
+    for lab in (1, 0):
+        idx = np.nonzero(labels == lab)[0]
+        if len(idx) <= k:
+            keep += idx.tolist()
+            continue
+        pts = points[idx].astype(np.float64)
+        cent, _ = kmeans2(pts, k, minit="++", seed=seed)
+        d = ((pts[:, None, :] - cent[None]) ** 2).sum(-1)
+        chosen = set()
+        for c in range(len(cent)):  # nearest unused candidate to each centroid
+            for j in np.argsort(d[:, c]):
+                if j not in chosen:
+                    chosen.add(int(j))
+                    break
+        keep += idx[sorted(chosen)].tolist()
+    return np.array(sorted(keep), dtype=np.int64)
