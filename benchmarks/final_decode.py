@@ -38,8 +38,19 @@ from scipy import ndimage
 from ppd import data
 from ppd.evaluate.baselines import gbmseg_prune, mask_box
 from ppd.evaluate.harness import select
+from ppd.matching import Candidates, kmeans_thin, match_patches
 from ppd.metrics import dice
-from ppd.oneshot import FLIPS, OneShotReference, flip_array, majority, other_start_sets, propose
+from ppd.oneshot import (
+    FLIPS,
+    VOTE_SEED_STEP,
+    OneShotReference,
+    Proposal,
+    flip_array,
+    majority,
+    other_start_sets,
+    propose,
+    rethin,
+)
 from ppd.refine import Defender
 from ppd.sam import Frame, Segmenter
 
@@ -64,7 +75,6 @@ def unflip(points: np.ndarray, how: str, size: tuple[int, int]) -> np.ndarray:
 
 def pooled(refs: list[OneShotReference], tf, size: tuple[int, int]):
     """Candidates matched against every view of the reference at once (their grids stacked)."""
-    from ppd.oneshot import match_patches
     g = np.concatenate([r.features.grid for r in refs]), np.concatenate([r.features.valid for r in refs])
     return match_patches(g[0], g[1], np.concatenate([r.frac for r in refs]), tf.grid, tf.valid, tf.patch_size,
                          size, cycle=True)
@@ -102,9 +112,8 @@ def final_masks(seg: Segmenter, fr: Frame, pts: np.ndarray, labs: np.ndarray, pl
 
 def view_rows(seg, d, fr, gt, tid, rid, ref, flipped, tviews, prop, k, seed) -> list[dict]:
     """fm-kmeans / fm-ppd masks of every start set ``VIEW_VOTES`` names, and the Dice of each vote."""
-    from ppd.oneshot import Proposal, kmeans_thin, rethin
     size = fr.original_size
-    starts = {"o0": (prop, ref)} | {f"o{j}": (rethin(prop, k, seed + 1000 * j), ref) for j in (1, 2)}
+    starts = {"o0": (prop, ref)} | {f"o{j}": (rethin(prop, k, seed + VOTE_SEED_STEP * j), ref) for j in (1, 2)}
     f = fr.features()
     for how, rv in flipped.items():
         starts[f"r{how}"] = (propose(rv, fr, k, None, seed=seed, target_features=f), rv)
@@ -113,14 +122,12 @@ def view_rows(seg, d, fr, gt, tid, rid, ref, flipped, tviews, prop, k, seed) -> 
         starts[f"t{how}"] = (Proposal(c, kmeans_thin(c.points, c.labels, k, seed=seed)), ref)
     c = pooled([ref, *flipped.values()], f, size)
     starts["pool"] = (Proposal(c, kmeans_thin(c.points, c.labels, k, seed=seed)), ref)
-    gref = ref.graph_reference(d.config.graph_grid)
     masks = {"fm-kmeans": {}, "fm-ppd": {}}
     for name, (p, rr) in starts.items():
         if len(p.points) == 0:
             continue
         masks["fm-kmeans"][name] = seg.decode(fr, p.points, p.labels).mask
-        masks["fm-ppd"][name] = d.refine_frame(fr, p.points, p.labels, rr.graph_reference(d.config.graph_grid)
-                                               if name.startswith("r") else gref).mask
+        masks["fm-ppd"][name] = d.refine_frame(fr, p.points, p.labels, rr.graph_reference(d.config.graph_grid)).mask
     out = []
     for s, ms in masks.items():
         row = {"target": tid, "ref": rid, "set": s}
@@ -132,11 +139,9 @@ def view_rows(seg, d, fr, gt, tid, rid, ref, flipped, tviews, prop, k, seed) -> 
 
 def match_patches_views(ref: OneShotReference, tf, size: tuple[int, int], how: str):
     """Candidates matched on the target flipped by ``how``, mapped back onto the target."""
-    from ppd.oneshot import Candidates, match_patches
     rf = ref.features
-    h, w = size
     c = match_patches(rf.grid, rf.valid, ref.frac, tf.grid, tf.valid, tf.patch_size, size, cycle=True)
-    return Candidates(unflip(c.points, how, (h, w)), c.labels)
+    return Candidates(unflip(c.points, how, size), c.labels)
 
 
 def main() -> None:
