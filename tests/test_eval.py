@@ -148,6 +148,9 @@ def test_every_method_runs_on_a_real_image(segmenter, ecssd_val):
     assert rows["ideal-attacked-random"].n_kept == rows["ideal-attacked-defended"].n_kept
     assert rows["ideal-attacked-random"].n_prompts == rows["ideal-attacked"].n_prompts
     assert rows["ideal-attacked"].n_prompts >= rows["ideal"].n_prompts - 8
+    # with a reference the defender refines the same attacked set (once per reference)
+    assert rows["ideal-attacked-defended-ref"].n_prompts == rows["ideal-attacked"].n_prompts
+    assert rows["ideal-attacked-defended-ref"].reference == refs[0].id and rows["ideal-attacked"].reference == "-"
 
 
 def test_cli_eval_on_aplain_folder(tmp_path, ecssd_val, cache_dir, capsys):

@@ -234,9 +234,10 @@ class Harness:
             rj = None
             if r is not None:
                 rj = ref_jobs.setdefault(r.id, RefJob(r, ref_frames[r.id], job))
-                _ = rj.proposal  # shared by every fm-* method: built (and timed, Proposal.thin_s) outside their windows
-            elif m.startswith("ideal"):
-                job.attacked()  # likewise the ideal prompts and the attack (their seconds are charged as shared_s)
+            if m.startswith("ideal"):
+                job.attacked()  # ideal prompts and attack: built outside the method's window (charged as shared_s)
+            elif rj is not None:
+                _ = rj.proposal  # likewise the proposal every fm-* method shares (Proposal.thin_s)
             t1 = time.perf_counter()
             out = METHODS[m].run(job, rj)
             self.cache.put(Row(t.dataset, m, r.id if r else "-", job.name, dice(out.mask, gt), iou(out.mask, gt),

@@ -165,6 +165,14 @@ def ideal_attacked_defended(t: TargetJob, r: None) -> Outcome:
     return Outcome(res.mask, len(att), int(res.kept.sum()), setup)
 
 
+def ideal_attacked_defended_ref(t: TargetJob, r: RefJob) -> Outcome:
+    """The same attacked set, but the defender is shown a one-shot reference (the attacker was not)."""
+    _, att, setup = t.attacked()
+    d = t.agents.defender
+    res = d.refine_frame(t.frame, att.points, att.labels, reference=r.ref.graph_reference(d.config.graph_grid))
+    return Outcome(res.mask, len(att), int(res.kept.sum()), setup)
+
+
 def ideal_attacked_untrained(t: TargetJob, r: None) -> Outcome:
     _, att, setup = t.attacked()
     res = t.agents.untrained.refine_frame(t.frame, att.points, att.labels, reference=None)
@@ -331,6 +339,8 @@ METHODS: dict[str, Method] = _registry(
     Method("ideal-attacked", False, False, True, "ideal prompts after the attacker (T steps)", ideal_attacked),
     Method("ideal-attacked-defended", False, True, True, "the attacked set refined by the defender",
            ideal_attacked_defended),
+    Method("ideal-attacked-defended-ref", True, True, True, "the attacked set refined by the defender, shown "
+           "a one-shot reference", ideal_attacked_defended_ref),
     Method("ideal-attacked-random", False, True, True, "the attacked set minus as many random prompts as the "
            "defender removed", ideal_attacked_random),
     Method("ideal-attacked-untrained", False, True, True, "the attacked set refined by a randomly initialised "
