@@ -97,7 +97,7 @@ def test_short_training_run_and_resume(tmp_path, segmenter, data_root):
     st = json.loads((out / "checkpoint" / "state.json").read_text())
     st["config"]["decode_budget"] = 120
     (out / "checkpoint" / "state.json").write_text(json.dumps(st))
-    tr2 = train.Trainer(train._config_from_dict(st["config"]), tr.bank.samples, out, segmenter=segmenter,
+    tr2 = train.Trainer(train.config_from_dict(st["config"]), tr.bank.samples, out, segmenter=segmenter,
                         progress=False)
     assert tr2.load_checkpoint()
     assert (tr2.round, tr2.env_steps, tr2.decodes) == (tr.round, tr.env_steps, tr.decodes)

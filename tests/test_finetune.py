@@ -55,7 +55,7 @@ def test_attacked_episodes_without_reference(tmp_path, segmenter, manifest, no_r
     tr.train()  # at least one round: its defender episodes all start from attacked sets (fm_fraction 0)
     refs = [e.reference for e in tr.def_envs]
     assert all(r is None for r in refs) if no_ref else all(r is not None for r in refs)
-    assert train._config_from_dict(json.loads(json.dumps(asdict(cfg)))).attacked_no_reference is no_ref
+    assert train.config_from_dict(json.loads(json.dumps(asdict(cfg)))).attacked_no_reference is no_ref
 
 
 @pytest.mark.parametrize("defect,needle", [("no_mask", "has no mask"), ("size", "but the image is"),

@@ -1,26 +1,5 @@
-"""Adversarial training of the attacker and the defender (PAPER.md, "Two agents, one game").
-
-One *round* plays ``n_games`` games in lockstep, each on an object drawn from the
-training images:
-
-1. the attacker degrades the object's ideal prompts for T steps (epsilon-greedy);
-2. the defender starts from each attacked set and repairs it,
-   ``GameConfig.defender_repeats`` times;
-
-both agents learn from their own transitions as they are made (``updates_per_step``
-gradient steps per batched step once their buffer is warm). Epsilon decays
-linearly from 1.0 to 0.1 over ``eps_fraction`` of the run, the run's length being
-budgeted in SAM decodes (``decode_budget``, the cost that dominates) and capped in
-wall-clock minutes (progress is whichever of the two is further).
-
-Outputs in ``--out``: ``log.csv`` (one row per round), ``curves.png``,
-``attacker.{safetensors,json}`` / ``defender.{safetensors,json}`` (the agents), and
-``checkpoint/`` (everything ``--resume`` needs: both agents' online and target
-weights, Adam states, replay buffers, counters and RNG states), written every
-``checkpoint_minutes`` atomically (a temporary folder renamed into place).
-Resuming continues from the last checkpoint's round, step and buffers; what
-happened after it (at most one interval) is replayed with new randomness.
-"""
+"""The adversarial training loop (:class:`Trainer`): rounds of attacker and defender episodes played in
+lockstep, learning as transitions arrive, checkpointed atomically for ``--resume``; see the package doc."""
 
 from __future__ import annotations
 
@@ -30,74 +9,26 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.numpy import load_file as load_np
-from safetensors.numpy import save_file as save_np
 from safetensors.torch import load_file as load_pt
 from safetensors.torch import save_file as save_pt
 
-from ppd import data
-from ppd.agents.dqn import DQNAgent, DQNConfig, init_path, linear_epsilon
-from ppd.errors import CheckpointError, DataError
-from ppd.game import Arena, GameConfig, ImageBank, PromptGame
+from ppd.agents.dqn import DQNAgent, init_path, linear_epsilon
+from ppd.agents.training_state import load_training_state, save_training_state
+from ppd.errors import CheckpointError
+from ppd.game import Arena, ImageBank, PromptGame
 from ppd.io import atomic_write
+from ppd.train.config import LOG_FIELDS, TrainConfig
 from ppd.viz import plot_curves
-
-LOG_FIELDS = ("round", "env_steps", "decodes", "seconds", "epsilon", "dice_ideal", "dice_attacked", "dice_defended",
-              "attacker_return", "defender_return", "attacker_loss", "defender_loss", "memo_hit_rate",
-              "decodes_per_s", "update_ms", "defender_stops")
-
-
-@dataclass
-class TrainConfig:
-    game: GameConfig = field(default_factory=GameConfig)
-    attacker: DQNConfig = field(default_factory=DQNConfig)
-    defender: DQNConfig = field(default_factory=DQNConfig)
-    n_games: int = 8  # games per round, stepped in lockstep (batched Q-network calls)
-    decode_budget: int = 40_000  # SAM decodes for the whole run (~20 ms each in bf16, ~10-15 per s with the rest)
-    max_minutes: float = 45.0  # wall-clock cap of the training loop (embeddings are computed before, ~6 min)
-    eps_start: float = 1.0
-    eps_end: float = 0.1
-    eps_fraction: float = 0.6
-    updates_per_step: int = 1  # gradient steps per agent per batched step
-    checkpoint_minutes: float = 5.0
-    seed: int = 0
-    # Beyond the paper: this share of defender episodes starts from a one-shot set (feature
-    # matching from another train image of the same dataset, k-means-thinned to fm_k per
-    # class, target = the whole mask), the kind of set the defender meets at inference.
-    fm_fraction: float = 0.75
-    fm_refs_per_image: int = 4
-    fm_k: int = 10
-    fm_cycle: bool = True  # one-shot start sets from cycle-consistent matches (ppd.oneshot.match_patches)
-    # The defender's episodes from attacked sets see no reference, as in the eval's attack / defence
-    # ablation (else a reference is drawn with GameConfig.ref_prob, as for the attacker's episodes).
-    attacked_no_reference: bool = False
-    # Fine-tuning: start both agents from "shipped" or a run folder's attacker.* / defender.*
-    # (their networks; optimisers and replay buffers start fresh). None = from scratch.
-    init: str | None = None
 
 
 def _mean_finite(xs: list[float]) -> float:
     xs = [x for x in xs if np.isfinite(x)]
     return float(np.mean(xs)) if xs else float("nan")
-
-
-def _config_from_dict(d: dict) -> TrainConfig:
-    from ppd.game.objects import ObjectConfig
-    from ppd.prompts import IdealConfig, PoolConfig
-
-    g = dict(d["game"])
-    g["ideal"] = IdealConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in g["ideal"].items()})
-    g["pool"] = PoolConfig(**g["pool"])
-    g["objects"] = ObjectConfig(**g["objects"])
-    for k in ("attack_steps", "defend_steps"):
-        g[k] = tuple(g[k])
-    return TrainConfig(**{**d, "game": GameConfig(**g), "attacker": DQNConfig(**d["attacker"]),
-                          "defender": DQNConfig(**d["defender"])})
 
 
 class Trainer:
@@ -262,17 +193,7 @@ class Trainer:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         for name, ag in (("attacker", self.attacker), ("defender", self.defender)):
-            tensors = {f"q.{k}": v.contiguous() for k, v in ag.q.state_dict().items()}
-            tensors |= {f"target.{k}": v.contiguous() for k, v in ag.q_target.state_dict().items()}
-            opt = ag.opt.state_dict()
-            for pid, st in opt["state"].items():
-                for k, v in st.items():
-                    tensors[f"opt.{pid}.{k}"] = torch.as_tensor(v).contiguous()
-            save_pt(tensors, str(tmp / f"{name}.safetensors"))
-            save_np(ag.buffer.state_arrays(), str(tmp / f"{name}.buffer.safetensors"))
-            (tmp / f"{name}.json").write_text(json.dumps({
-                "updates": ag.updates, "param_groups": opt["param_groups"],
-                "rng": ag.rng.bit_generator.state}, default=int))
+            save_training_state(ag, tmp, name)
         torch_rng = torch.get_rng_state()
         save_pt({"torch_rng": torch_rng}, str(tmp / "rng.safetensors"))
         state = {"round": self.round, "env_steps": self.env_steps, "decodes": self.decodes, "seconds": self.seconds,
@@ -299,19 +220,7 @@ class Trainer:
                 raise CheckpointError(f"cannot resume from {ck}: it was trained on other images (data changed?)")
             feats = {i: g.feats for i, g in enumerate(self.bank.graphs)}
             for name, ag in (("attacker", self.attacker), ("defender", self.defender)):
-                t = load_pt(str(ck / f"{name}.safetensors"))
-                meta = json.loads((ck / f"{name}.json").read_text())
-                ag.q.load_state_dict({k[2:]: v for k, v in t.items() if k.startswith("q.")})
-                ag.q_target.load_state_dict({k[7:]: v for k, v in t.items() if k.startswith("target.")})
-                opt_state: dict = {}
-                for k, v in t.items():
-                    if k.startswith("opt."):
-                        _, pid, key = k.split(".", 2)
-                        opt_state.setdefault(int(pid), {})[key] = v
-                ag.opt.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
-                ag.buffer.load_arrays(load_np(str(ck / f"{name}.buffer.safetensors")), feats)
-                ag.updates = meta["updates"]
-                ag.rng.bit_generator.state = meta["rng"]
+                load_training_state(ag, ck, name, feats)
             torch.set_rng_state(load_pt(str(ck / "rng.safetensors"))["torch_rng"])
             for e, st in zip(self.att_envs + self.def_envs, state["env_rng"], strict=True):
                 e.np_random.bit_generator.state = st
@@ -367,48 +276,3 @@ def fm_start_sets(bank: ImageBank, cfg: TrainConfig, progress: bool = True) -> l
             starts.append({"image": i, "object": WHOLE, "reference": r,
                            "prompts": PromptSet.from_points(prop.points, prop.labels)})
     return starts
-
-
-def run(data_root, split: str, out: str, resume: bool = False, cfg: TrainConfig | None = None,
-        exclude: set[str] | None = None, progress: bool = True, segmenter=None,
-        limit_images: int | None = None) -> Trainer:
-    """``ppd train``: embeddings first (cached), then adversarial training."""
-    out_p = Path(out)
-    if resume:
-        st = out_p / "checkpoint" / "state.json"
-        if not st.is_file():
-            raise CheckpointError(f"nothing to resume in {out_p}: no checkpoint/state.json")
-        cfg = _config_from_dict(json.loads(st.read_text())["config"])
-    elif (out_p / "log.csv").exists():
-        raise CheckpointError(f"{out_p} already holds a run; use --resume or another --out")
-    cfg = cfg or TrainConfig()
-    if cfg.init is not None:  # readable before minutes of embedding
-        for role in ("attacker", "defender"):
-            DQNAgent.load(init_path(cfg.init, role), expect_role=role)
-    root = Path(data_root) if data_root is not None else data.default_root()
-    plain = not (root / "manifest.csv").is_file()  # a user's images/ + masks/ folder: all of it is training data
-    samples = data.load_dataset(root, split=None if plain else split)
-    if plain and not resume:
-        cfg = replace(cfg, game=replace(cfg.game, dataset_weights={samples[0].dataset: 1.0}))
-    if "*" in cfg.game.dataset_weights:  # every dataset of the split, equal weight
-        cfg = replace(cfg, game=replace(cfg.game, dataset_weights=dict.fromkeys(sorted({s.dataset for s in samples}),
-                                                                                1.0)))
-    unknown = sorted(set(cfg.game.dataset_weights) - {s.dataset for s in samples})
-    if unknown:
-        raise DataError(f"no {split!r} rows of dataset(s) {', '.join(unknown)} in {data_root}")
-    samples = [s for s in samples if s.dataset in cfg.game.dataset_weights and cfg.game.dataset_weights[s.dataset] > 0
-               and f"{s.dataset}/{s.id}" not in (exclude or set())]
-    if limit_images:
-        pick = np.random.default_rng(cfg.seed).choice(len(samples), min(limit_images, len(samples)), replace=False)
-        samples = [samples[i] for i in sorted(pick)]
-    if not samples:
-        raise CheckpointError(f"no training images in split {split!r} for {sorted(cfg.game.dataset_weights)}")
-    data.check_training_pairs(samples)
-    seg = segmenter() if callable(segmenter) else segmenter  # a factory: SAM loads after the checks above
-    tr = Trainer(cfg, samples, out_p, segmenter=seg, progress=progress)
-    if resume:
-        tr.load_checkpoint()
-    else:
-        (out_p / "config.json").write_text(json.dumps({"command": tr.command, "config": asdict(tr.cfg)}, indent=1))
-    tr.train()
-    return tr
