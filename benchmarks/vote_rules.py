@@ -82,6 +82,7 @@ def main() -> None:
     a.add_argument("--limit", type=int, default=None)
     a.add_argument("--k", type=int, default=10)
     a.add_argument("--defender", default=None, help="checkpoint (default: the shipped defender)")
+    a.add_argument("--max-votes", type=int, default=max(COUNTS), help="the most start sets voted (default 9)")
     a.add_argument("--out", default=None, help="a .jsonl.gz file for the rows (written as targets finish)")
     args = a.parse_args()
     seg = Segmenter()
@@ -95,7 +96,7 @@ def main() -> None:
         f = fr.features()
         for r, ref in made:
             prop = propose(ref, fr, args.k, None, seed=args.seed, target_features=f)
-            sets = [(prop, ref)] + other_start_sets(ref, fr, prop, args.k, args.seed, max(COUNTS), seg, None, f)
+            sets = [(prop, ref)] + other_start_sets(ref, fr, prop, args.k, args.seed, args.max_votes, seg, None, f)
             for name, outs in set_outputs(seg, d, fr, sets).items():
                 if outs:
                     rows.append({"target": t.id, "ref": r.id, "set": name, "n": len(outs),
