@@ -28,11 +28,11 @@ Run: .venv/bin/python benchmarks/final_decode.py --dataset kvasir --references 1
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import numpy as np
+from protocol_args import protocol_parser
 from scipy import ndimage
 
 from ppd import data
@@ -145,15 +145,7 @@ def match_patches_views(ref: OneShotReference, tf, size: tuple[int, int], how: s
 
 
 def main() -> None:
-    a = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    a.add_argument("--dataset", required=True)
-    a.add_argument("--split", default="val")
-    a.add_argument("--data", default=None)
-    a.add_argument("--references", type=int, default=10)
-    a.add_argument("--seed", type=int, default=1)
-    a.add_argument("--limit", type=int, default=None)
-    a.add_argument("--k", type=int, default=10)
-    a.add_argument("--defender", default=None, help="checkpoint (default: the shipped defender)")
+    a = protocol_parser(__doc__)
     a.add_argument("--out", default=None, help="a .jsonl file for the rows")
     a.add_argument("--plain", action="store_true", help="only the plain decode (and cc): compare the sets")
     a.add_argument("--votes", type=int, default=1, help="also the majority mask over start sets from N k-means seeds")

@@ -21,13 +21,13 @@ Run: .venv/bin/python benchmarks/vote_rules.py --dataset kvasir --references 10 
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
+from protocol_args import protocol_parser
 
 from ppd import data
 from ppd.evaluate.harness import select
@@ -73,15 +73,7 @@ def combine(seg, fr, outs: list[tuple[np.ndarray, np.ndarray, float]]) -> dict[s
 
 
 def main() -> None:
-    a = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    a.add_argument("--dataset", required=True)
-    a.add_argument("--split", default="val")
-    a.add_argument("--data", default=None)
-    a.add_argument("--references", type=int, default=10)
-    a.add_argument("--seed", type=int, default=1)
-    a.add_argument("--limit", type=int, default=None)
-    a.add_argument("--k", type=int, default=10)
-    a.add_argument("--defender", default=None, help="checkpoint (default: the shipped defender)")
+    a = protocol_parser(__doc__)
     a.add_argument("--max-votes", type=int, default=max(COUNTS), help="the most start sets voted (default 9)")
     a.add_argument("--out", default=None, help="a .jsonl.gz file for the rows (written as targets finish)")
     args = a.parse_args()
