@@ -366,3 +366,30 @@ def test_votes_are_the_majority_of_flipped_and_seeded_start_sets(segmenter, mani
     with pytest.raises(ConfigError, match="image array"):  # a frame has no pixels to flip
         OneShot(segmenter, d, votes=3).set_reference(segmenter.frame(image), mask)
     OneShot(segmenter, d).set_reference(segmenter.frame(image), mask)  # votes=1 needs none
+
+
+def test_reference_views_are_the_symmetries_of_the_square(segmenter, manifest):
+    """``flip_array``: the three flips, the transpose and the quarter turns ("th" clockwise, "tv"
+    anticlockwise), each a different array on a non-square one; a transposed view of a real reference
+    is embedded at its own size, its mask transposed, and matches the target elsewhere."""
+    from ppd.oneshot import VIEWS, VOTE_PLANS, OneShotReference, flip_array, propose, vote_plan
+
+    a = np.arange(12).reshape(3, 4)
+    want = {"h": a[:, ::-1], "v": a[::-1], "hv": a[::-1, ::-1], "t": a.T, "th": np.rot90(a, -1),
+            "tv": np.rot90(a, 1), "thv": a[::-1, ::-1].T}
+    assert set(VIEWS) == set(want)
+    for v in VIEWS:
+        assert np.array_equal(flip_array(a, v), want[v]), v
+    assert len({flip_array(a, v).tobytes() + bytes(flip_array(a, v).shape) for v in VIEWS}) == len(VIEWS)
+    with pytest.raises(ConfigError, match="unknown view"):
+        flip_array(a, "x")
+    assert vote_plan(10, VOTE_PLANS["dihedral"])[-2:] == [("", 1000), ("h", 1000)]
+    ref, tgt = pick(manifest, "kvasir", "val", 2)
+    image, mask = ref.image(), ref.mask()
+    one = OneShotReference.make(segmenter.frame(image), mask, image)
+    t = one.view("t", segmenter)
+    assert t.frame.original_size == one.frame.original_size[::-1] and np.array_equal(t.mask, mask.T)
+    assert one.view("t", segmenter) is t  # embedded once
+    frame = segmenter.frame(tgt.image())
+    p0, pt = propose(one, frame, 10), propose(t, frame, 10)
+    assert len(pt.points) and not np.array_equal(p0.points, pt.points)

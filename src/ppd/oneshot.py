@@ -54,7 +54,7 @@ class OneShotReference:
         return cls(frame, mask, patch_fractions(mask, frame.input_size), image)
 
     def view(self, flip: str, segmenter: Segmenter) -> OneShotReference:
-        """This reference flipped (``flip`` in :data:`FLIPS`: image and mask), embedded once and kept.
+        """This reference flipped (``flip`` in :data:`VIEWS`: image and mask), embedded once and kept.
         SAM's features are not flip-equivariant, so a flipped reference matches other target patches."""
         if not flip:
             return self
@@ -102,21 +102,31 @@ def match(ref: OneShotReference, target: Frame, cycle: bool | None = None,
 
 #: ``flip`` -> (H, W, ...) array flipped: left-right, up-down, both
 FLIPS = {"h": (1,), "v": (0,), "hv": (0, 1)}
-#: the voted start sets cycle through the reference as it is and flipped (``VOTE_VIEWS[j % 4]``), with
-#: k-means seed ``seed + VOTE_SEED_STEP * (j // 4)`` (docs/TRAINING.md, session 11)
-VOTE_VIEWS = ("", "h", "v", "hv")
+#: every view of a reference: a flip, or the image transposed ("t", rows <-> columns) then flipped
+#: ("th", "tv", "thv": the quarter turns and the other diagonal): the eight symmetries of the square
+VIEWS = (*FLIPS, "t", *(f"t{f}" for f in FLIPS))
+#: the views ``--votes`` cycles through, by plan name: "flips" (session 11), "dihedral" (all eight)
+VOTE_PLANS = {"flips": ("", "h", "v", "hv"), "dihedral": ("", *VIEWS)}
+#: the plan shipped (its name enters ``ppd eval``'s cache keys): the voted start sets cycle through
+#: ``VOTE_VIEWS[j % n]`` with k-means seed ``seed + VOTE_SEED_STEP * (j // n)`` (docs/TRAINING.md, sessions 11, 13)
+VOTE_PLAN = "flips"
+VOTE_VIEWS = VOTE_PLANS[VOTE_PLAN]
 VOTE_SEED_STEP = 1000
 
 
 def flip_array(a: np.ndarray, flip: str) -> np.ndarray:
-    if flip not in FLIPS:
-        raise ConfigError(f"unknown flip {flip!r}; one of {sorted(FLIPS)}")
-    return np.ascontiguousarray(np.flip(a, FLIPS[flip]))
+    """``a`` (H, W, ...) seen through view ``flip`` (:data:`VIEWS`): transposed first if it starts with "t"."""
+    if flip not in VIEWS:
+        raise ConfigError(f"unknown view {flip!r}; one of {list(VIEWS)}")
+    if flip.startswith("t"):
+        a, flip = np.swapaxes(a, 0, 1), flip[1:]
+    return np.ascontiguousarray(np.flip(a, FLIPS[flip]) if flip else a)
 
 
-def vote_plan(votes: int) -> list[tuple[str, int]]:
-    """(flip of the reference, k-means seed offset) of start sets 2 .. ``votes`` (the first is ("", 0))."""
-    return [(VOTE_VIEWS[j % len(VOTE_VIEWS)], VOTE_SEED_STEP * (j // len(VOTE_VIEWS))) for j in range(1, votes)]
+def vote_plan(votes: int, views: tuple[str, ...] = VOTE_VIEWS) -> list[tuple[str, int]]:
+    """(view of the reference, k-means seed offset) of start sets 2 .. ``votes`` (the first is ("", 0)):
+    ``views`` in turn, then again with the next seed."""
+    return [(views[j % len(views)], VOTE_SEED_STEP * (j // len(views))) for j in range(1, votes)]
 
 
 def check_votes(votes: int) -> None:
@@ -133,12 +143,13 @@ def rethin(p: Proposal, k: int, seed: int) -> Proposal:
 
 def other_start_sets(ref: OneShotReference, target: Frame, p: Proposal, k: int, seed: int, votes: int,
                      segmenter: Segmenter, cycle: bool | None = None,
-                     target_features: PatchFeatures | None = None) -> list[tuple[Proposal, OneShotReference]]:
+                     target_features: PatchFeatures | None = None,
+                     views: tuple[str, ...] = VOTE_VIEWS) -> list[tuple[Proposal, OneShotReference]]:
     """The start sets voted with ``p`` (``ref`` matched on ``target``, thinned with ``seed``), each with the
     reference view it came from, in :func:`vote_plan` order: a flipped reference is matched anew; the
     reference as it is reuses ``p``'s candidates, thinned with another seed."""
     out = []
-    for flip, offset in vote_plan(votes):
+    for flip, offset in vote_plan(votes, views):
         if flip:
             view = ref.view(flip, segmenter)
             out.append((propose(view, target, k, cycle, seed + offset, target_features), view))

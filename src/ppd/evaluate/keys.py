@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ppd.evaluate.tables import Row
 from ppd.io import file_sha256
+from ppd.oneshot import VOTE_PLAN
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,8 @@ def config_key(cfg: EvalConfig) -> dict:
         del d["cycle"]
     if d["votes"] == 1:  # added in session 10
         del d["votes"]
-    else:  # session 11: the voted start sets come from flipped references first (ppd.oneshot.vote_plan)
-        d["vote_plan"] = "flips"
+    else:  # session 11: the voted start sets come from views of the reference (ppd.oneshot.vote_plan)
+        d["vote_plan"] = VOTE_PLAN
     return d
 
 
