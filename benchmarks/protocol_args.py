@@ -1,8 +1,13 @@
-"""The ``ppd eval`` protocol's options, shared by the val tuning scripts that replay it."""
+"""The ``ppd eval`` protocol's options, rows and report, shared by the val tuning scripts that replay it."""
 
 from __future__ import annotations
 
 import argparse
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
 
 
 def protocol_parser(doc: str) -> argparse.ArgumentParser:
@@ -17,3 +22,31 @@ def protocol_parser(doc: str) -> argparse.ArgumentParser:
     a.add_argument("--k", type=int, default=10)
     a.add_argument("--defender", default=None, help="checkpoint (default: the shipped defender)")
     return a
+
+
+def write_rows(path: str, rows: list[dict]) -> None:
+    """All rows so far as gzipped JSON lines, written to a temp file then renamed (a kill keeps the last)."""
+    tmp = Path(path + ".tmp")
+    with gzip.open(tmp, "wt") as fh:
+        fh.writelines(json.dumps(x, separators=(",", ":")) + "\n" for x in rows)
+    tmp.replace(path)
+
+
+def read_rows(path: str) -> list[dict]:
+    with gzip.open(path, "rt") as fh:
+        return [json.loads(line) for line in fh]
+
+
+def report_rows(rows: list[dict], ref_ids: list[str], args, cols: list[str], base: str, fallback: str) -> None:
+    """Per set: each column's mDSC % (mean over targets, then mean ± sd over references) and its change
+    against ``base``; a row without a column counts as its ``fallback`` column."""
+    print(f"{args.dataset} {args.split}: {len({x['target'] for x in rows})} targets x {len(ref_ids)} references "
+          f"(seed {args.seed})")
+    for name in dict.fromkeys(x["set"] for x in rows):
+        mine = [x for x in rows if x["set"] == name]
+        per_ref = {k: np.array([100 * np.mean([x.get(k, x[fallback]) for x in mine if x["ref"] == r])
+                                for r in ref_ids]) for k in cols}
+        print(name)
+        for k, s in per_ref.items():
+            gain = s.mean() - per_ref[base].mean()
+            print(f"  {k:12s} {s.mean():5.1f} ± {s.std():4.1f}  ({gain:+.2f} vs {base})")

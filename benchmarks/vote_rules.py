@@ -21,13 +21,9 @@ Run: .venv/bin/python benchmarks/vote_rules.py --dataset kvasir --references 10 
 
 from __future__ import annotations
 
-import gzip
-import json
-from pathlib import Path
-
 import numpy as np
 import torch
-from protocol_args import protocol_parser
+from protocol_args import protocol_parser, report_rows, write_rows
 
 from ppd import data
 from ppd.evaluate.harness import select
@@ -95,24 +91,13 @@ def main() -> None:
                                  **{k: round(float(dice(m, gt)), 4) for k, m in combine(seg, fr, outs).items()}})
         print(f"{i + 1}/{len(targets)} {t.id}", flush=True)
         if args.out:
-            tmp = Path(args.out + ".tmp")
-            with gzip.open(tmp, "wt") as fh:
-                fh.writelines(json.dumps(x, separators=(",", ":")) + "\n" for x in rows)
-            tmp.replace(args.out)
+            write_rows(args.out, rows)
     report(rows, [r.id for r in refs], args)
 
 
 def report(rows: list[dict], ref_ids: list[str], args) -> None:
-    print(f"{args.dataset} {args.split}: {len({x['target'] for x in rows})} targets x {len(ref_ids)} references "
-          f"(seed {args.seed})")
-    for name in dict.fromkeys(x["set"] for x in rows):
-        mine = [x for x in rows if x["set"] == name]
-        rules = [k for k in mine[0] if k not in ("target", "ref", "set", "n")]
-        per_ref = {k: np.array([100 * np.mean([x.get(k, x["hard1@0.5"]) for x in mine if x["ref"] == r])
-                                for r in ref_ids]) for k in rules}
-        print(name)
-        for k, s in per_ref.items():
-            print(f"  {k:12s} {s.mean():5.1f} ± {s.std():4.1f}  ({s.mean() - per_ref[BASE].mean():+.2f} vs {BASE})")
+    rules = [k for k in rows[0] if k not in ("target", "ref", "set", "n")]
+    report_rows(rows, ref_ids, args, rules, BASE, "hard1@0.5")
 
 
 if __name__ == "__main__":

@@ -14,16 +14,13 @@ Prints mDSC % (mean over targets, then mean ± sd over references) and the paire
 
 Run: .venv/bin/python benchmarks/vote_views.py --dataset kvasir --references 10 --seed 1 --limit 40 \
          --out docs/tuning/session13/views_kvasir.jsonl.gz
+     .venv/bin/python benchmarks/vote_views.py --dataset kvasir --rows docs/tuning/session13/views_kvasir.jsonl.gz
 """
 
 from __future__ import annotations
 
-import gzip
-import json
-from pathlib import Path
-
 import numpy as np
-from protocol_args import protocol_parser
+from protocol_args import protocol_parser, read_rows, report_rows, write_rows
 
 from ppd import data
 from ppd.evaluate.harness import select
@@ -48,7 +45,12 @@ BASE = "flips5"
 def main() -> None:
     a = protocol_parser(__doc__)
     a.add_argument("--out", default=None, help="a .jsonl.gz file for the rows (written as targets finish)")
+    a.add_argument("--rows", default=None, help="only report the rows of an earlier --out file (no model)")
     args = a.parse_args()
+    if args.rows:
+        rows = read_rows(args.rows)
+        report(rows, list(dict.fromkeys(x["ref"] for x in rows)), args)
+        return
     seg = Segmenter()
     d = Defender(args.defender, segmenter=seg)
     grid = d.config.graph_grid
@@ -83,24 +85,12 @@ def main() -> None:
                 rows.append(row)
         print(f"{i + 1}/{len(targets)} {t.id}", flush=True)
         if args.out:
-            tmp = Path(args.out + ".tmp")
-            with gzip.open(tmp, "wt") as fh:
-                fh.writelines(json.dumps(x, separators=(",", ":")) + "\n" for x in rows)
-            tmp.replace(args.out)
+            write_rows(args.out, rows)
     report(rows, [r.id for r in refs], args)
 
 
 def report(rows: list[dict], ref_ids: list[str], args) -> None:
-    print(f"{args.dataset} {args.split}: {len({x['target'] for x in rows})} targets x {len(ref_ids)} references "
-          f"(seed {args.seed})")
-    for name in dict.fromkeys(x["set"] for x in rows):
-        mine = [x for x in rows if x["set"] == name]
-        cols = [*PLANS, *(f"one:{k}" for k in SETS)]
-        per_ref = {k: np.array([100 * np.mean([x.get(k, x["one:o0"]) for x in mine if x["ref"] == r])
-                                for r in ref_ids]) for k in cols}
-        print(name)
-        for k, s in per_ref.items():
-            print(f"  {k:10s} {s.mean():5.1f} ± {s.std():4.1f}  ({s.mean() - per_ref[BASE].mean():+.2f} vs {BASE})")
+    report_rows(rows, ref_ids, args, [*PLANS, *(f"one:{k}" for k in SETS)], BASE, "one:o0")
 
 
 if __name__ == "__main__":
