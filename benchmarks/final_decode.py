@@ -32,12 +32,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-from protocol_args import protocol_parser
+from protocol_args import protocol_parser, protocol_samples
 from scipy import ndimage
 
-from ppd import data
 from ppd.evaluate.baselines import gbmseg_prune, mask_box
-from ppd.evaluate.harness import select
 from ppd.matching import Candidates, kmeans_thin, match_patches
 from ppd.metrics import dice
 from ppd.oneshot import (
@@ -154,8 +152,7 @@ def main() -> None:
     args = a.parse_args()
     seg = Segmenter()
     d = Defender(args.defender, segmenter=seg)
-    samples = [s for s in data.load_dataset(args.data, split=args.split) if s.dataset == args.dataset]
-    refs, targets = select(samples, args.references, None, args.limit, args.seed)
+    refs, targets = protocol_samples(args)
     made = [(r, OneShotReference.make(seg.frame(r.image()), r.mask(), r.image())) for r in refs]
     flipped = {r.id: {k: ref.view(k, seg) for k in FLIPS} for r, ref in made} if args.views else {}
     rows = []

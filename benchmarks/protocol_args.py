@@ -9,6 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ppd import data
+from ppd.evaluate.harness import select
+
 
 def protocol_parser(doc: str) -> argparse.ArgumentParser:
     """Dataset, split, data root, references, seed, target limit, K and defender (val defaults: 10 refs, seed 1)."""
@@ -22,6 +25,12 @@ def protocol_parser(doc: str) -> argparse.ArgumentParser:
     a.add_argument("--k", type=int, default=10)
     a.add_argument("--defender", default=None, help="checkpoint (default: the shipped defender)")
     return a
+
+
+def protocol_samples(args) -> tuple[list, list]:
+    """The seeded references and targets ``ppd eval`` would use for these options."""
+    samples = [s for s in data.load_dataset(args.data, split=args.split) if s.dataset == args.dataset]
+    return select(samples, args.references, None, args.limit, args.seed)
 
 
 def write_rows(path: str, rows: list[dict]) -> None:

@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from protocol_args import protocol_parser, report_rows, write_rows
+from protocol_args import protocol_parser, protocol_samples, report_rows, write_rows
 
-from ppd import data
-from ppd.evaluate.harness import select
 from ppd.metrics import dice
 from ppd.oneshot import OneShotReference, other_start_sets, propose
 from ppd.refine import Defender
@@ -75,8 +73,7 @@ def main() -> None:
     args = a.parse_args()
     seg = Segmenter()
     d = Defender(args.defender, segmenter=seg)
-    samples = [s for s in data.load_dataset(args.data, split=args.split) if s.dataset == args.dataset]
-    refs, targets = select(samples, args.references, None, args.limit, args.seed)
+    refs, targets = protocol_samples(args)
     made = [(r, OneShotReference.make(seg.frame(r.image()), r.mask(), r.image())) for r in refs]
     rows = []
     for i, t in enumerate(targets):

@@ -20,10 +20,8 @@ Run: .venv/bin/python benchmarks/vote_views.py --dataset kvasir --references 10 
 from __future__ import annotations
 
 import numpy as np
-from protocol_args import protocol_parser, read_rows, report_rows, write_rows
+from protocol_args import protocol_parser, protocol_samples, read_rows, report_rows, write_rows
 
-from ppd import data
-from ppd.evaluate.harness import select
 from ppd.metrics import dice
 from ppd.oneshot import VOTE_SEED_STEP, OneShotReference, majority, propose, rethin
 from ppd.refine import Defender
@@ -54,8 +52,7 @@ def main() -> None:
     seg = Segmenter()
     d = Defender(args.defender, segmenter=seg)
     grid = d.config.graph_grid
-    samples = [s for s in data.load_dataset(args.data, split=args.split) if s.dataset == args.dataset]
-    refs, targets = select(samples, args.references, None, args.limit, args.seed)
+    refs, targets = protocol_samples(args)
     made = [(r, OneShotReference.make(seg.frame(r.image()), r.mask(), r.image())) for r in refs]
     rows = []
     for i, t in enumerate(targets):
