@@ -11,7 +11,6 @@ from pathlib import Path
 
 from ppd.evaluate.tables import Row
 from ppd.io import file_sha256
-from ppd.oneshot import VOTE_PLAN
 
 
 @dataclass(frozen=True)
@@ -46,6 +45,8 @@ def config_key(cfg: EvalConfig) -> dict:
     if d["votes"] == 1:  # added in session 10
         del d["votes"]
     else:  # session 11: the voted start sets come from views of the reference (ppd.oneshot.vote_plan)
+        from ppd.oneshot import VOTE_PLAN  # here, not at the top: ppd.oneshot imports torch, the CLI's parser must not
+
         d["vote_plan"] = VOTE_PLAN
     return d
 
