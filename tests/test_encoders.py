@@ -46,6 +46,28 @@ def test_fast_encoder_matches_eager(fast_seg, eager_seg, manifest):
     assert min(ious) >= 0.99, ious
 
 
+def test_fast_encoder_gives_eager_start_sets(fast_seg, eager_seg, manifest):
+    """The accuracy bound end to end (issue #18): one-shot start sets and masks from fast-encoded frames
+    equal eager ones on Kvasir and ECSSD val pairs. Feature matching may differ by a candidate; the
+    stable k-means seeding (ppd.matching.stable_plusplus) keeps the start set where it was."""
+    from ppd.oneshot import OneShot
+
+    ious = []
+    for ds in ("kvasir", "ecssd"):
+        ref, *targets = pick(manifest, ds, "val", 4)
+        pipes = {}
+        for name, seg in (("eager", eager_seg), ("fast", fast_seg)):
+            pipes[name] = OneShot(seg, k=10)
+            pipes[name].set_reference(ref.image(), ref.mask())
+        for t in targets:
+            image = t.image()
+            pe, po = pipes["eager"].propose(image), pipes["fast"].propose(image)
+            assert abs(len(pe.candidates) - len(po.candidates)) <= 3
+            ious.append(iou(eager_seg.decode(eager_seg.frame(image), pe.points, pe.labels).mask,
+                            eager_seg.decode(eager_seg.frame(image), po.points, po.labels).mask))
+    assert np.mean(ious) >= 0.99, ious
+
+
 def test_fast_embeddings_are_cached_apart(fast_seg, eager_seg, manifest, cache_dir):
     """The paths never read each other's cache entries, and ppd eval keys rows by the path."""
     from ppd.evaluate.harness import Harness

@@ -79,12 +79,59 @@ def match_patches(ref_grid: np.ndarray, ref_valid: np.ndarray, ref_frac: np.ndar
     return Candidates(points=pts.astype(np.float32), labels=claims[keep, 1].astype(np.int64))
 
 
-def kmeans_thin(points: np.ndarray, labels: np.ndarray, k: int = 10, seed: int = 0) -> np.ndarray:
-    """Indices of at most ``k`` prompts per class: the point nearest each k-means centroid."""
+#: how kmeans_thin seeds k-means: "stable" (the default since session 14) or "scipy" (scipy's own
+#: k-means++, what every result before session 14 used; kept to reproduce them)
+THIN_INITS = ("stable", "scipy")
+THIN_INIT = "stable"
+
+
+def _point_uniforms(points: np.ndarray, rounds: int, seed: int) -> np.ndarray:
+    """(N, rounds) uniforms in (0, 1), each a function of its point's coordinates, the round and the seed
+    only (splitmix64 over the coordinates in 1/8 pixel), not of the point's place in the list."""
+    q = np.round(np.asarray(points, np.float64) * 8).astype(np.int64).astype(np.uint64)
+    z = (q[:, :1] * np.uint64(0x9E3779B97F4A7C15) ^ q[:, 1:2] * np.uint64(0xC2B2AE3D27D4EB4F)
+         ^ np.uint64(seed & 0xFFFFFFFF) * np.uint64(0x165667B19E3779F9)
+         ^ np.arange(rounds, dtype=np.uint64)[None] * np.uint64(0x27D4EB2F165667C5))
+    with np.errstate(over="ignore"):
+        for shift, mult in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
+            z = (z ^ (z >> np.uint64(shift))) * np.uint64(mult)
+        z ^= z >> np.uint64(31)
+    return ((z >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)
+
+
+def stable_plusplus(points: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """k-means++ centres (k, 2) that a small change of the point set leaves alone.
+
+    Plain k-means++ draws by list position, so one candidate more or less (a single match that a
+    1e-6 change of the embedding flips) redraws every centre and gives another start set. Here each
+    round is an exponential race: the point with the smallest ``-log(u) / D^2`` wins, with ``u`` tied
+    to the point's coordinates (:func:`_point_uniforms`). The centres have k-means++'s distribution,
+    and a point added or removed changes them only if it would have won a round."""
+    e = -np.log(_point_uniforms(points, k, seed))
+    d2 = np.ones(len(points))
+    centres = []
+    for j in range(k):
+        with np.errstate(divide="ignore"):
+            i = int(np.argmin(np.where(d2 > 0, e[:, j] / d2, np.inf)))
+        centres.append(points[i])
+        d2 = np.minimum(d2, ((points - points[i]) ** 2).sum(1)) if j else ((points - points[i]) ** 2).sum(1)
+    return np.array(centres)
+
+
+def kmeans_thin(points: np.ndarray, labels: np.ndarray, k: int = 10, seed: int = 0,
+                init: str | None = None) -> np.ndarray:
+    """Indices of at most ``k`` prompts per class: the point nearest each k-means centroid.
+
+    ``init="stable"`` seeds Lloyd's iterations with :func:`stable_plusplus`, so the start set does not
+    jump when the candidates change by one; ``"scipy"`` is scipy's k-means++ (results before session 14);
+    None: :data:`THIN_INIT`."""
     from scipy.cluster.vq import kmeans2
 
+    init = THIN_INIT if init is None else init
     if not isinstance(k, int | np.integer) or k < 1:
         raise ConfigError(f"k (prompts kept per class) must be an integer of at least 1, got {k!r}")
+    if init not in THIN_INITS:
+        raise ConfigError(f"init must be one of {', '.join(THIN_INITS)}, got {init!r}")
     keep = []
     for lab in (1, 0):
         idx = np.nonzero(labels == lab)[0]
@@ -92,7 +139,10 @@ def kmeans_thin(points: np.ndarray, labels: np.ndarray, k: int = 10, seed: int =
             keep += idx.tolist()
             continue
         pts = points[idx].astype(np.float64)
-        cent, _ = kmeans2(pts, k, minit="++", seed=seed)
+        if init == "stable":
+            cent, _ = kmeans2(pts, stable_plusplus(pts, int(k), seed), minit="matrix")
+        else:
+            cent, _ = kmeans2(pts, k, minit="++", seed=seed)
         d = ((pts[:, None, :] - cent[None]) ** 2).sum(-1)
         chosen = set()
         for c in range(len(cent)):  # nearest unused candidate to each centroid

@@ -42,10 +42,14 @@ def config_key(cfg: EvalConfig) -> dict:
     d = asdict(cfg)
     if not d["cycle"]:
         del d["cycle"]
+    from ppd.matching import THIN_INIT  # here, not at the top: ppd.matching imports torch, the CLI's parser must not
+
+    if THIN_INIT != "scipy":  # session 14: k-means seeded by ppd.matching.stable_plusplus (other start sets)
+        d["thin_init"] = THIN_INIT
     if d["votes"] == 1:  # added in session 10
         del d["votes"]
     else:  # session 11: the voted start sets come from views of the reference (ppd.oneshot.vote_plan)
-        from ppd.oneshot import VOTE_PLAN  # here, not at the top: ppd.oneshot imports torch, the CLI's parser must not
+        from ppd.oneshot import VOTE_PLAN
 
         d["vote_plan"] = VOTE_PLAN
     return d
