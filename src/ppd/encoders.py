@@ -1,17 +1,18 @@
 """The names of SAM's image-encoder paths, importable without torch (the CLI builds its options from them).
 
-``eager`` is torch itself, the default and the reference; ``openvino`` (~2x faster on 2 cores)
-and ``onnx`` (~1.5x) run the same MobileSAM encoder compiled, in float32 (docs/bench_sam.txt).
-The compiled paths stay opt-in: their float32 rounding differs from torch's, and through the
-float16 embedding cache and the pipeline's discrete choices (argmax matches, k-means, the
-defender's removals) that flips the start set of about one one-shot pair in ten, which
-breaks the accuracy bound of issue #18 (mean mask IoU >= 0.99, mDSC within 0.3).
+``openvino`` (the default since session 14) runs MobileSAM's encoder compiled by OpenVINO in
+float32, ~2x faster than torch on 2 cores; ``eager`` is torch itself, the reference; ``onnx``
+(~1.5x) is ONNX Runtime (docs/bench_sam.txt). The compiled paths' embeddings differ from torch's
+by ~2.5e-6 relative. That used to flip about one one-shot start set in ten, because scipy's
+k-means++ redrew every centre when feature matching found one candidate more or less; with the
+stable seeding of :func:`ppd.matching.stable_plusplus` one-shot masks agree with eager ones within
+the accuracy bound of issue #18 (mean mask IoU >= 0.99, mDSC within 0.3; docs/bench_sam.txt).
 """
 
 import importlib
 
 ENCODERS = ("eager", "openvino", "onnx")
-DEFAULT_ENCODER = "eager"
+DEFAULT_ENCODER = "openvino"
 
 
 def import_runtime(module: str, encoder: str, name: str):
@@ -21,5 +22,5 @@ def import_runtime(module: str, encoder: str, name: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ConfigError(f"encoder '{encoder}' needs {name}: pip install 'ppd[{encoder}]' (or use the default "
-                          f"encoder '{DEFAULT_ENCODER}')") from None
+        raise ConfigError(f"encoder '{encoder}' needs {name}: pip install 'ppd[{encoder}]' (or use torch's own "
+                          "encoder: --encoder eager)") from None

@@ -15,6 +15,7 @@ candidates' coordinates, and the candidate nearest each centroid.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -139,10 +140,12 @@ def kmeans_thin(points: np.ndarray, labels: np.ndarray, k: int = 10, seed: int =
             keep += idx.tolist()
             continue
         pts = points[idx].astype(np.float64)
-        if init == "stable":
-            cent, _ = kmeans2(pts, stable_plusplus(pts, int(k), seed), minit="matrix")
-        else:
-            cent, _ = kmeans2(pts, k, minit="++", seed=seed)
+        with warnings.catch_warnings():  # a cluster emptied by Lloyd's steps keeps its centre: fine here
+            warnings.filterwarnings("ignore", "One of the clusters is empty")
+            if init == "stable":
+                cent, _ = kmeans2(pts, stable_plusplus(pts, int(k), seed), minit="matrix")
+            else:
+                cent, _ = kmeans2(pts, k, minit="++", seed=seed)
         d = ((pts[:, None, :] - cent[None]) ** 2).sum(-1)
         chosen = set()
         for c in range(len(cent)):  # nearest unused candidate to each centroid

@@ -8,7 +8,7 @@ oneshot`` writes (mask, overlay, prompts JSON):
   refine -> write, each stage timed (their shares of the time);
 * stream (``ppd.oneshot.stream``): the next target is read and encoded on a helper thread while this
   one is refined, and outputs are written by a second helper; with the eager encoder, then with each
-  compiled one (OpenVINO and ONNX Runtime, both opt-in ``--encoder``; models cached).
+  compiled one (OpenVINO, the default, and ONNX Runtime: ``--encoder``; models cached).
 
 Also: the masks of the loop and the eager stream are compared (they must be equal), those of the
 compiled encoders by IoU against the loop's, and the process's resident memory is read after every

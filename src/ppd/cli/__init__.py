@@ -49,9 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--cache-dir", help="embedding cache (default: $PPD_CACHE_DIR or ~/.cache/ppd)")
         sp.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
         sp.add_argument("--encoder", choices=ENCODERS, default=DEFAULT_ENCODER,
-                        help=f"SAM's image encoder (default {DEFAULT_ENCODER}): eager (torch, the reference), "
-                             "openvino (float32, ~1.8-2.1x eager on 2 cores; needs ppd[openvino]) or onnx (ONNX "
-                             "Runtime, ~1.3-1.7x; needs ppd[onnx]); compiled once into the cache folder")
+                        help=f"SAM's image encoder (default {DEFAULT_ENCODER}): openvino (OpenVINO float32, "
+                             "~1.8-2.1x eager on 2 cores), eager (torch, the reference) or onnx (ONNX Runtime, "
+                             "~1.3-1.7x; needs ppd[onnx]); compiled once into the cache folder")
 
     s = sub.add_parser("segment", help="segment one image from point / box prompts")
     s.add_argument("image")

@@ -2,10 +2,11 @@
 
 The encoder is the largest single cost of one-shot, eval and the browser app's first
 click. OpenVINO's CPU plugin runs MobileSAM's TinyViT about 2x faster than torch eager
-on 2 cores, in float32. Its embeddings are within ~2.4e-6 (relative) of a float64
-reference against torch's ~7e-7, so about 3 % of the cached float16 values round
-differently from eager's, and about one one-shot pair in ten ends with another start set
-(docs/bench_sam.txt): opt-in, not the default (``ppd.encoders``).
+on 2 cores, in float32, and is the default path (``ppd.encoders``). Its embeddings are
+within ~2.4e-6 (relative) of a float64 reference against torch's ~7e-7, so about 3 % of the
+float16 values frames hold round differently from eager's; feature matching then finds a
+candidate more or less now and then, which the stable k-means seeding absorbs
+(docs/bench_sam.txt, docs/tuning/session14).
 
 The model is converted once from the verified MobileSAM weights (``ov.convert_model`` on
 the torch module: no download, no ONNX step) into the cache folder, under a name keyed by

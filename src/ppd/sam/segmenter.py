@@ -100,9 +100,11 @@ class Segmenter:
     def __init__(self, checkpoint: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
                  use_cache: bool = True, threads: int | None = None, verify: bool = True,
                  tune_allocator: bool = True, precision: str = "fp32", encoder: str = DEFAULT_ENCODER) -> None:
-        """``encoder``: ``eager`` (torch, the default and reference), ``openvino`` (OpenVINO float32, ~2x
-        faster on this CPU) or ``onnx`` (ONNX Runtime, ~1.5x); the compiled paths' embeddings are within
-        ~3e-6 relative of eager ones, are cached apart (see :attr:`embed_key`) and are opt-in (ppd.encoders)."""
+        """``encoder``: ``openvino`` (the default: OpenVINO float32, ~2x faster on this CPU), ``eager``
+        (torch, the reference) or ``onnx`` (ONNX Runtime, ~1.5x); the compiled paths' embeddings are within
+        ~3e-6 relative of eager ones, their one-shot masks within the accuracy bound of issue #18, and they
+        are cached apart (see :attr:`embed_key`; ppd.encoders). A compiled model is built once into
+        ``cache_dir`` (the default cache folder with ``use_cache=False``)."""
         if threads is not None:
             torch.set_num_threads(threads)
         if tune_allocator:  # process-wide tuning for decode-heavy work (allocator, BLAS threads)
