@@ -90,10 +90,10 @@ def _point_uniforms(points: np.ndarray, rounds: int, seed: int) -> np.ndarray:
     """(N, rounds) uniforms in (0, 1), each a function of its point's coordinates, the round and the seed
     only (splitmix64 over the coordinates in 1/8 pixel), not of the point's place in the list."""
     q = np.round(np.asarray(points, np.float64) * 8).astype(np.int64).astype(np.uint64)
-    z = (q[:, :1] * np.uint64(0x9E3779B97F4A7C15) ^ q[:, 1:2] * np.uint64(0xC2B2AE3D27D4EB4F)
-         ^ np.uint64(seed & 0xFFFFFFFF) * np.uint64(0x165667B19E3779F9)
-         ^ np.arange(rounds, dtype=np.uint64)[None] * np.uint64(0x27D4EB2F165667C5))
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore"):  # uint64 products wrap around, as the hash means them to
+        z = (q[:, :1] * np.uint64(0x9E3779B97F4A7C15) ^ q[:, 1:2] * np.uint64(0xC2B2AE3D27D4EB4F)
+             ^ np.uint64(seed & 0xFFFFFFFF) * np.uint64(0x165667B19E3779F9)
+             ^ np.arange(rounds, dtype=np.uint64)[None] * np.uint64(0x27D4EB2F165667C5))
         for shift, mult in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
             z = (z ^ (z >> np.uint64(shift))) * np.uint64(mult)
         z ^= z >> np.uint64(31)
