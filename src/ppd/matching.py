@@ -115,7 +115,8 @@ def stable_plusplus(points: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
         with np.errstate(divide="ignore"):
             i = int(np.argmin(np.where(d2 > 0, e[:, j] / d2, np.inf)))
         centres.append(points[i])
-        d2 = np.minimum(d2, ((points - points[i]) ** 2).sum(1)) if j else ((points - points[i]) ** 2).sum(1)
+        dist = ((points - points[i]) ** 2).sum(1)
+        d2 = np.minimum(d2, dist) if j else dist
     return np.array(centres)
 
 
