@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -205,6 +206,17 @@ def test_report_from_a_real_eval_run(segmenter, tmp_path, data_root):
     assert lo <= gain <= hi
     assert gain == pytest.approx(100 * np.mean([pp[t] - km[t] for t in km]))
     assert f"{gain:+.1f} [{lo:+.1f}, {hi:+.1f}]" in text
+    # the greedy oracle run on a target subset of its own (`make results`): read from <results>/oracle/<ds>
+    sub = tmp_path / "results2"
+    harness.run(data_root, "ecssd", "val", ["fm-kmeans", "fm-ppd", "persam"], references=2, limit=3,
+                out_dir=sub / "ecssd", segmenter=segmenter, cache_path=tmp_path / "rows.jsonl", progress=False)
+    shutil.copytree(res / "ecssd", sub / "oracle" / "ecssd")
+    orc = next(float(s["mDSC"]) for s in report._read_csv(res / "ecssd" / "summary.csv")
+               if s["method"] == "fm-greedy-oracle")
+    text2 = report.build(sub, tmp_path / "RESULTS2.md", overlays=False)
+    line = next(x for x in text2.splitlines() if x.startswith("| ecssd |"))
+    assert f"| {orc:.1f} (3 targets, 1 start set) |" in line
+    assert line.split(" | ")[6] == next(x for x in text.splitlines() if x.startswith("| ecssd |")).split(" | ")[6]
 
 
 def test_cli_eval_mask_size_mismatch(tmp_path, ecssd_val, cache_dir, capsys):
