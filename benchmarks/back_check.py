@@ -11,7 +11,9 @@ the reference object. No ground truth of the target is read.
 Per (reference, target) pair of the ``ppd eval`` protocol, for fm-kmeans (unrefined) and fm-ppd (the
 shipped defender), the N voted masks (``ppd.oneshot.OneShot(votes=N)``, what ``--votes N`` does) and
 these combinations: ``majority`` (today), ``best`` (the mask with the best back score), ``topH``
-(majority of the better half by back score), ``weighted`` (each mask's vote weighted by its back score).
+(majority of the better half by back score), ``weighted`` (each mask's vote weighted by its back score),
+and ``consensus`` (each set's kept prompts that agree with the majority mask, a positive inside it and a
+negative outside, decoded again, then the majority of those masks; a class left empty keeps its prompts).
 Prints mDSC % (mean over targets, then mean ± sd over references).
 
 Run: .venv/bin/python benchmarks/back_check.py --dataset kvasir --references 10 --seed 1 --limit 20 --votes 7
@@ -30,7 +32,7 @@ from ppd.oneshot import OneShot, OneShotReference, majority
 from ppd.refine import Defender
 from ppd.sam import Frame, Segmenter
 
-RULES = ("majority", "best", "topH", "weighted")
+RULES = ("majority", "best", "topH", "weighted", "consensus")
 
 
 def back_score(seg: Segmenter, target: Frame, mask: np.ndarray, ref: OneShotReference, k: int) -> float:
@@ -54,6 +56,21 @@ def combine(masks: list[np.ndarray], scores: np.ndarray) -> dict[str, np.ndarray
     return {"majority": majority(masks), "best": masks[order[0]],
             "topH": majority([masks[i] for i in top]),
             "weighted": np.tensordot(w / w.sum(), np.stack(masks).astype(np.float32), 1) > 0.5}
+
+
+def consensus(seg: Segmenter, frame: Frame, results: list, voted: np.ndarray) -> np.ndarray:
+    """Every set's kept prompts that the voted mask agrees with, decoded again; their majority."""
+    masks = []
+    for r in results:
+        pts, labs = r.points[r.kept], r.labels[r.kept]
+        xi = np.clip(pts[:, 0].astype(int), 0, voted.shape[1] - 1)
+        yi = np.clip(pts[:, 1].astype(int), 0, voted.shape[0] - 1)
+        ok = voted[yi, xi] == (labs == 1)
+        for lab in (0, 1):
+            if (labs == lab).any() and not ok[labs == lab].any():
+                ok[labs == lab] = True
+        masks.append(seg.decode(frame, pts[ok], labs[ok]).mask)
+    return majority(masks)
 
 
 def main() -> None:
@@ -80,6 +97,7 @@ def main() -> None:
                 row = {"set": name, "ref": r.id, "target": t.id, "back": scores.tolist(),
                        "single": [dice(m, gt) for m in masks]}
                 row.update({k: dice(m, gt) for k, m in combine(masks, scores).items()})
+                row["consensus"] = dice(consensus(seg, fr, [res.refined, *res.others], majority(masks)), gt)
                 rows.append(row)
         print(f"{n + 1}/{len(targets)} targets, {time.perf_counter() - t0:.0f} s", flush=True)
         if args.out:
