@@ -26,6 +26,7 @@ import time
 
 import numpy as np
 import torch
+from prompt_correctness import auc
 from protocol_args import protocol_parser, protocol_samples, report_rows, write_rows
 
 from ppd.matching import Candidates, kmeans_thin
@@ -86,14 +87,6 @@ def agree(c: Candidates, p: np.ndarray) -> Candidates:
         if cls.any() and not ok[cls].any():
             ok[cls] = True
     return Candidates(c.points[ok], c.labels[ok])
-
-
-def auc(score: np.ndarray, y: np.ndarray) -> float:
-    from scipy.stats import rankdata
-
-    r = rankdata(score)
-    npos, nneg = y.sum(), (~y).sum()
-    return float((r[y].sum() - npos * (npos + 1) / 2) / max(npos * nneg, 1))
 
 
 def main() -> None:
