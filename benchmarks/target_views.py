@@ -1,0 +1,97 @@
+"""Vote over views of the *target* as well as of the reference? (issue #20, Kvasir >= 65)
+
+``--votes N`` (plan "flips", ``ppd.oneshot.vote_plan``) draws its start sets from the reference as it is
+and flipped, then from other k-means seeds; the target is always seen as it is, so every voted mask
+comes from the same target embedding. SAM's encoder is not flip-equivariant: the target flipped
+left-right, up-down or both is a second look at the same pixels, with its own patch features (so its
+own matches) and its own mask decoder input. A target view costs one encoder pass per target (shared
+by every reference). Here each start set ``T<view>`` is the reference as it is matched on the flipped
+target, refined there by the shipped defender (fm-ppd) or kept (fm-kmeans), and its mask flipped back.
+Plans voted (pixel-wise majority, ties background), against ``flips7`` (what ``--votes 7`` ships):
+
+* ``tta7``: the reference views of flips7 with the three target views in place of the seed draws;
+* ``flips7+T3``: all ten sets; ``tgt4``: the target as it is and its three flips only.
+
+No plan reads the ground truth. Prints mDSC % (mean over targets, then mean ± sd over references)
+and the paired change against ``flips7``; ``--out`` keeps the rows.
+
+Run: .venv/bin/python benchmarks/target_views.py --dataset kvasir --references 10 --seed 1 --limit 20 \
+         --out docs/tuning/session16/target_views_kvasir.jsonl.gz
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from protocol_args import protocol_parser, protocol_samples, read_rows, report_rows, write_rows
+
+from ppd.metrics import dice
+from ppd.oneshot import VOTE_SEED_STEP, OneShotReference, flip_array, majority, propose, rethin
+from ppd.refine import Defender
+from ppd.sam import Segmenter
+
+#: start sets: (reference view, target view, k-means seed offset)
+SETS = {"o0": ("", "", 0), "h": ("h", "", 0), "v": ("v", "", 0), "hv": ("hv", "", 0), "o1": ("", "", VOTE_SEED_STEP),
+        "h1": ("h", "", VOTE_SEED_STEP), "v1": ("v", "", VOTE_SEED_STEP),
+        "Th": ("", "h", 0), "Tv": ("", "v", 0), "Thv": ("", "hv", 0)}
+PLANS = {"flips7": ("o0", "h", "v", "hv", "o1", "h1", "v1"),
+         "tta7": ("o0", "h", "v", "hv", "Th", "Tv", "Thv"),
+         "flips7+T3": ("o0", "h", "v", "hv", "o1", "h1", "v1", "Th", "Tv", "Thv"),
+         "tgt4": ("o0", "Th", "Tv", "Thv")}
+BASE = "flips7"
+
+
+def main() -> None:
+    a = protocol_parser(__doc__)
+    a.add_argument("--out", default=None, help="a .jsonl.gz file for the rows (written as targets finish)")
+    a.add_argument("--rows", default=None, help="only report the rows of an earlier --out file (no model)")
+    args = a.parse_args()
+    if args.rows:
+        rows = read_rows(args.rows)
+        report(rows, list(dict.fromkeys(x["ref"] for x in rows)), args)
+        return
+    seg = Segmenter()
+    d = Defender(args.defender, segmenter=seg)
+    grid = d.config.graph_grid
+    refs, targets = protocol_samples(args)
+    made = [(r, OneShotReference.make(seg.frame(r.image()), r.mask(), r.image())) for r in refs]
+    rows, t0 = [], time.perf_counter()
+    for i, t in enumerate(targets):
+        img, gt = t.image(), t.mask()
+        frames = {tv: seg.frame(flip_array(img, tv) if tv else img) for tv in ("", "h", "v", "hv")}
+        feats = {tv: fr.features() for tv, fr in frames.items()}
+        for r, ref in made:
+            base = propose(ref, frames[""], args.k, None, seed=args.seed, target_features=feats[""])
+            masks: dict[str, dict[str, np.ndarray]] = {"fm-kmeans": {}, "fm-ppd": {}}
+            for name, (view, tv, offset) in SETS.items():
+                v, fr = ref.view(view, seg), frames[tv]
+                if view or tv:  # a new match: this view of the reference on this view of the target
+                    p = propose(v, fr, args.k, None, args.seed + offset, feats[tv])
+                else:  # the same match, thinned with another seed
+                    p = rethin(base, args.k, args.seed + offset) if offset else base
+                if len(p.points) == 0:
+                    continue
+                back = (lambda m, tv=tv: flip_array(m, tv) if tv else m)  # flips are their own inverse
+                masks["fm-kmeans"][name] = back(seg.decode(fr, p.points, p.labels).mask)
+                masks["fm-ppd"][name] = back(d.refine_frame(fr, p.points, p.labels, v.graph_reference(grid)).mask)
+            for set_name, ms in masks.items():
+                if "o0" not in ms:
+                    continue
+                row = {"target": t.id, "ref": r.id, "set": set_name}
+                row.update({f"one:{k}": round(float(dice(m, gt)), 4) for k, m in ms.items()})
+                for plan, names in PLANS.items():
+                    row[plan] = round(float(dice(majority([ms[k] for k in names if k in ms]), gt)), 4)
+                rows.append(row)
+        print(f"{i + 1}/{len(targets)} {t.id} {time.perf_counter() - t0:.0f} s", flush=True)
+        if args.out:
+            write_rows(args.out, rows)
+    report(rows, [r.id for r in refs], args)
+
+
+def report(rows: list[dict], ref_ids: list[str], args) -> None:
+    report_rows(rows, ref_ids, args, [*PLANS, *(f"one:{k}" for k in SETS)], BASE, "one:o0")
+
+
+if __name__ == "__main__":
+    main()
