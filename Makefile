@@ -18,11 +18,11 @@ bench: venv
 	.venv/bin/ppd bench sam
 
 # docs/RESULTS.md: the shipped configuration on the eval split (issue #20, item 5): 5 seeded references,
-# seeded target subsets (all 50 PH2 images less the 5 references), every method with 7 votes where it
-# votes; the greedy oracle (~7 s per target and reference) on a 20-target subset of its own.
+# seeded target subsets (all 50 PH2 images less the 5 references), every method with 10 votes where it
+# votes (reference flips, target flips, then a second k-means seed: session 16); the greedy oracle (~7 s per target and reference) on a 20-target subset of its own.
 RESULTS_LIMITS = kvasir:100 ph2:45 ecssd:100
 RESULTS_METHODS = fm-kmeans,fm-ppd,fm-gbmseg,persam,fm-random
-RESULTS_VOTES = 7
+RESULTS_VOTES = 10
 ORACLE_LIMIT = 20
 results: venv
 	for spec in $(RESULTS_LIMITS); do d=$${spec%%:*}; \

@@ -40,6 +40,7 @@ from ppd.matching import Candidates, kmeans_thin, match_patches
 from ppd.metrics import dice
 from ppd.oneshot import (
     FLIPS,
+    VOTE_PLANS,
     VOTE_SEED_STEP,
     OneShotReference,
     Proposal,
@@ -183,8 +184,8 @@ def main() -> None:
                              **{v: float(dice(m, gt)) for v, m in masks.items()}})
             if args.votes > 1:  # start sets from other k-means seeds; the pixel-wise majority of their masks
                 votes = {"fm-kmeans": [], "fm-ppd": []}
-                for pr, view in [(prop, ref)] + other_start_sets(ref, fr, prop, args.k, args.seed, args.votes, seg,
-                                                                 None, f):
+                for pr, view in [(prop, ref)] + [(s.proposal, s.ref) for s in other_start_sets(
+                        ref, fr, prop, args.k, args.seed, args.votes, seg, None, f, VOTE_PLANS["flips"])]:
                     votes["fm-kmeans"].append(seg.decode(fr, pr.points, pr.labels).mask)
                     votes["fm-ppd"].append(d.refine_frame(fr, pr.points, pr.labels,
                                                           view.graph_reference(d.config.graph_grid)).mask)

@@ -72,9 +72,10 @@ def main() -> None:
                     p = rethin(base, args.k, args.seed + offset) if offset else base
                 if len(p.points) == 0:
                     continue
-                back = (lambda m, tv=tv: flip_array(m, tv) if tv else m)  # flips are their own inverse
-                masks["fm-kmeans"][name] = back(seg.decode(fr, p.points, p.labels).mask)
-                masks["fm-ppd"][name] = back(d.refine_frame(fr, p.points, p.labels, v.graph_reference(grid)).mask)
+                km = seg.decode(fr, p.points, p.labels).mask
+                pp = d.refine_frame(fr, p.points, p.labels, v.graph_reference(grid)).mask
+                masks["fm-kmeans"][name], masks["fm-ppd"][name] = (flip_array(km, tv), flip_array(pp, tv)) if tv \
+                    else (km, pp)  # a flip is its own inverse
             for set_name, ms in masks.items():
                 if "o0" not in ms:
                     continue

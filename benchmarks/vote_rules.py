@@ -26,7 +26,7 @@ import torch
 from protocol_args import protocol_parser, protocol_samples, report_rows, write_rows
 
 from ppd.metrics import dice
-from ppd.oneshot import OneShotReference, other_start_sets, propose
+from ppd.oneshot import VOTE_PLANS, OneShotReference, other_start_sets, propose
 from ppd.refine import Defender
 from ppd.sam import Segmenter
 
@@ -81,7 +81,8 @@ def main() -> None:
         f = fr.features()
         for r, ref in made:
             prop = propose(ref, fr, args.k, None, seed=args.seed, target_features=f)
-            sets = [(prop, ref)] + other_start_sets(ref, fr, prop, args.k, args.seed, args.max_votes, seg, None, f)
+            sets = [(prop, ref)] + [(s.proposal, s.ref) for s in other_start_sets(
+                ref, fr, prop, args.k, args.seed, args.max_votes, seg, None, f, VOTE_PLANS["flips"])]
             for name, outs in set_outputs(seg, d, fr, sets).items():
                 if outs:
                     rows.append({"target": t.id, "ref": r.id, "set": name, "n": len(outs),

@@ -272,18 +272,20 @@ def test_untrained_rows_are_keyed_by_the_defender_they_imitate():
 
 
 def test_votes_in_eval_rows(segmenter, data_root, tmp_path):
-    """``EvalConfig(votes=3)``: fm-kmeans and fm-ppd score the majority mask of three voted start sets,
-    exactly as OneShot(votes=3) makes it; votes=1 rows keep their earlier cache keys."""
+    """``EvalConfig(votes=5)``: fm-kmeans and fm-ppd score the majority mask of five voted start sets (the
+    fifth on the target flipped left-right), exactly as OneShot(votes=5) makes it; votes=1 rows keep their
+    earlier cache keys."""
     from ppd.evaluate.keys import config_key
     from ppd.oneshot import OneShot
     from ppd.refine import Defender
 
     assert "votes" not in config_key(harness.EvalConfig()) and config_key(harness.EvalConfig(votes=3))["votes"] == 3
-    assert config_key(harness.EvalConfig(votes=3))["vote_plan"] == "flips"  # not session 10's seed-only rows
+    # not the rows of session 10 (seeds only) or sessions 11-15 (reference flips, then seeds)
+    assert config_key(harness.EvalConfig(votes=3))["vote_plan"] == "flips+target"
     kw = {"references": 1, "limit": 2, "segmenter": segmenter, "progress": False, "cache_path": tmp_path / "rows.jsonl"}
     harness.run(data_root, "kvasir", "val", ["fm-gbmseg"], **kw)
     rows, _ = harness.run(data_root, "kvasir", "val", ["fm-kmeans", "fm-ppd", "fm-gbmseg"],
-                          cfg=harness.EvalConfig(votes=3), **kw)
+                          cfg=harness.EvalConfig(votes=5), **kw)
     cached = (tmp_path / "rows.jsonl").read_text()
     assert cached.count('"fm-gbmseg"') == 2  # a method that does not vote keeps its rows
     rows = [r for r in rows if r.method != "fm-gbmseg"]
@@ -291,7 +293,7 @@ def test_votes_in_eval_rows(segmenter, data_root, tmp_path):
     d = Defender(segmenter=segmenter)
     for r in rows:
         ref, tgt = samples[r.reference], samples[r.target]
-        pipe = OneShot(segmenter, d if r.method == "fm-ppd" else None, k=10, seed=0, votes=3)
+        pipe = OneShot(segmenter, d if r.method == "fm-ppd" else None, k=10, seed=0, votes=5)
         pipe.set_reference(ref.image(), ref.mask())
         assert r.dice == pytest.approx(dice(pipe.run(tgt.image()).mask, tgt.mask()), abs=1e-9)
     assert len(rows) == 4

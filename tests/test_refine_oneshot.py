@@ -346,36 +346,58 @@ def test_cli_oneshot_on_a_folder(tmp_path, manifest, cache_dir, monkeypatch, cap
 
 
 def test_votes_are_the_majority_of_flipped_and_seeded_start_sets(segmenter, manifest):
-    """OneShot(votes=5): the pixel-wise majority of the masks of five runs: the reference as it is, flipped
-    left-right, up-down and both (k-means seed ``seed``), then as it is with seed + 1000 (vote_plan);
-    votes=1 is the plain pipeline. Through the real model."""
-    from ppd.oneshot import OneShot, flip_array, majority, vote_plan
+    """OneShot(votes=6): the pixel-wise majority of the masks of six runs: the reference as it is, flipped
+    left-right, up-down and both, then matched on the target flipped left-right and up-down (each such
+    run's points and mask flipped back onto the target); a seventh vote would be the target flipped both
+    ways, an eighth the reference as it is with seed + 1000 (vote_plan). votes=1 is the plain pipeline.
+    Through the real model."""
+    from ppd.oneshot import OneShot, flip_array, flip_points, majority, vote_plan
 
-    assert vote_plan(6) == [("h", 0), ("v", 0), ("hv", 0), ("", 1000), ("h", 1000)]
+    assert vote_plan(9) == [("h", "", 0), ("v", "", 0), ("hv", "", 0), ("", "h", 0), ("", "v", 0), ("", "hv", 0),
+                            ("", "", 1000), ("h", "", 1000)]
     ref, tgt = pick(manifest, "kvasir", "val", 2)
-    image, mask = ref.image(), ref.mask()
-    frame = segmenter.frame(tgt.image())
+    image, mask, timg = ref.image(), ref.mask(), tgt.image()
+    frame = segmenter.frame(timg)
     d = Defender(segmenter=segmenter)
     singles = []
-    for flip, s in (("", 3), ("h", 3), ("v", 3), ("hv", 3), ("", 1003)):
-        pipe = OneShot(segmenter, d, k=10, seed=s)
+    for flip, tflip in (("", ""), ("h", ""), ("v", ""), ("hv", ""), ("", "h"), ("", "v")):
+        pipe = OneShot(segmenter, d, k=10, seed=3)
         pipe.set_reference(flip_array(image, flip) if flip else image, flip_array(mask, flip) if flip else mask)
-        singles.append(pipe.run(frame))
-    voted = OneShot(segmenter, d, k=10, seed=3, votes=5)
+        r = pipe.run(flip_array(timg, tflip) if tflip else frame).refined
+        singles.append((flip_points(r.points, tflip, frame.original_size), r.kept,
+                        flip_array(r.mask, tflip) if tflip else r.mask))
+    voted = OneShot(segmenter, d, k=10, seed=3, votes=6)
     voted.set_reference(image, mask)
-    out = voted.run(frame)
-    assert len(out.others) == 4 and out.voted is not None
-    assert np.array_equal(out.refined.kept, singles[0].refined.kept)
-    assert np.array_equal(out.mask, majority([r.mask for r in singles]))
-    assert [np.array_equal(o.kept, r.refined.kept) and np.array_equal(o.points, r.refined.points)
-            for o, r in zip(out.others, singles[1:], strict=True)] == [True] * 4
-    assert not np.array_equal(out.others[0].points, singles[0].refined.points)  # a flip matches other patches
+    with pytest.raises(ConfigError, match="pixels"):  # a frame alone cannot be flipped
+        voted.run(segmenter.frame(timg))
+    out = voted.run(frame, image=timg)
+    assert len(out.others) == 5 and out.voted is not None
+    assert np.array_equal(voted.run(timg).mask, out.mask)  # the image itself: the same votes
+    assert np.array_equal(out.refined.kept, singles[0][1])
+    assert np.array_equal(out.mask, majority([m for _, _, m in singles]))
+    assert [np.array_equal(o.kept, k) and np.allclose(o.points, p) and np.array_equal(o.mask, m)
+            for o, (p, k, m) in zip(out.others, singles[1:], strict=True)] == [True] * 5
+    assert not np.array_equal(out.others[0].points, singles[0][0])  # a flip matches other patches
+    assert not np.array_equal(out.others[3].points, singles[0][0])
     assert np.array_equal(majority([np.ones((2, 2), bool), np.zeros((2, 2), bool)]), np.zeros((2, 2), bool))
     with pytest.raises(ConfigError, match="--votes"):
         OneShot(segmenter, d, votes=0)
     with pytest.raises(ConfigError, match="image array"):  # a frame has no pixels to flip
         OneShot(segmenter, d, votes=3).set_reference(segmenter.frame(image), mask)
     OneShot(segmenter, d).set_reference(segmenter.frame(image), mask)  # votes=1 needs none
+
+
+def test_flip_points_follow_the_flipped_pixels():
+    """A point at pixel (i, j)'s centre lands at the centre of the pixel the flip moves it to."""
+    from ppd.oneshot import flip_array, flip_points
+
+    a = np.zeros((3, 5), bool)
+    a[0, 1] = True  # row 0, column 1: centre (x, y) = (1.5, 0.5)
+    for f in ("h", "v", "hv"):
+        (x, y), = flip_points(np.array([[1.5, 0.5]]), f, a.shape)
+        assert flip_array(a, f)[int(y), int(x)], f
+    with pytest.raises(ConfigError, match="target view"):
+        flip_points(np.zeros((1, 2)), "t", a.shape)
 
 
 def test_reference_views_are_the_symmetries_of_the_square(segmenter, manifest):
@@ -393,7 +415,7 @@ def test_reference_views_are_the_symmetries_of_the_square(segmenter, manifest):
     assert len({flip_array(a, v).tobytes() + bytes(flip_array(a, v).shape) for v in VIEWS}) == len(VIEWS)
     with pytest.raises(ConfigError, match="unknown view"):
         flip_array(a, "x")
-    assert vote_plan(10, VOTE_PLANS["dihedral"])[-2:] == [("", 1000), ("h", 1000)]
+    assert vote_plan(10, VOTE_PLANS["dihedral"])[-2:] == [("", "", 1000), ("h", "", 1000)]
     ref, tgt = pick(manifest, "kvasir", "val", 2)
     image, mask = ref.image(), ref.mask()
     one = OneShotReference.make(segmenter.frame(image), mask, image)

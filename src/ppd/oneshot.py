@@ -23,6 +23,19 @@ from ppd.prompts import check_k
 from ppd.refine import Defender, RefineResult
 from ppd.sam import Frame, Segmenter
 from ppd.sam.frame import PatchFeatures
+from ppd.views import (  # noqa: F401 (re-exported: the views' names lived here before session 16)
+    FLIPS,
+    VIEWS,
+    VOTE_PLAN,
+    VOTE_PLANS,
+    VOTE_SEED_STEP,
+    VOTE_VIEWS,
+    check_votes,
+    flip_array,
+    flip_points,
+    majority,
+    vote_plan,
+)
 
 #: Whether one-shot start sets come from cycle-consistent matches by default (``match_patches``).
 CYCLE = True
@@ -100,40 +113,6 @@ def match(ref: OneShotReference, target: Frame, cycle: bool | None = None,
                          cycle=CYCLE if cycle is None else bool(cycle))
 
 
-#: ``flip`` -> (H, W, ...) array flipped: left-right, up-down, both
-FLIPS = {"h": (1,), "v": (0,), "hv": (0, 1)}
-#: every view of a reference: a flip, or the image transposed ("t", rows <-> columns) then flipped
-#: ("th", "tv", "thv": the quarter turns and the other diagonal): the eight symmetries of the square
-VIEWS = (*FLIPS, "t", *(f"t{f}" for f in FLIPS))
-#: the views ``--votes`` cycles through, by plan name: "flips" (session 11), "dihedral" (all eight)
-VOTE_PLANS = {"flips": ("", "h", "v", "hv"), "dihedral": ("", *VIEWS)}
-#: the plan shipped (its name enters ``ppd eval``'s cache keys): the voted start sets cycle through
-#: ``VOTE_VIEWS[j % n]`` with k-means seed ``seed + VOTE_SEED_STEP * (j // n)`` (docs/TRAINING.md, sessions 11, 13)
-VOTE_PLAN = "flips"
-VOTE_VIEWS = VOTE_PLANS[VOTE_PLAN]
-VOTE_SEED_STEP = 1000
-
-
-def flip_array(a: np.ndarray, flip: str) -> np.ndarray:
-    """``a`` (H, W, ...) seen through view ``flip`` (:data:`VIEWS`): transposed first if it starts with "t"."""
-    if flip not in VIEWS:
-        raise ConfigError(f"unknown view {flip!r}; one of {list(VIEWS)}")
-    if flip.startswith("t"):
-        a, flip = np.swapaxes(a, 0, 1), flip[1:]
-    return np.ascontiguousarray(np.flip(a, FLIPS[flip]) if flip else a)
-
-
-def vote_plan(votes: int, views: tuple[str, ...] = VOTE_VIEWS) -> list[tuple[str, int]]:
-    """(view of the reference, k-means seed offset) of start sets 2 .. ``votes`` (the first is ("", 0)):
-    ``views`` in turn, then again with the next seed."""
-    return [(views[j % len(views)], VOTE_SEED_STEP * (j // len(views))) for j in range(1, votes)]
-
-
-def check_votes(votes: int) -> None:
-    if not isinstance(votes, int | np.integer) or isinstance(votes, bool) or votes < 1:
-        raise ConfigError(f"--votes must be a whole number of at least 1, got {votes!r}")
-
-
 def rethin(p: Proposal, k: int, seed: int) -> Proposal:
     """The same candidates thinned by k-means with another seed (matching is not repeated)."""
     t0 = time.perf_counter()
@@ -141,26 +120,65 @@ def rethin(p: Proposal, k: int, seed: int) -> Proposal:
     return Proposal(p.candidates, idx, 0.0, time.perf_counter() - t0)
 
 
+@dataclass
+class StartSet:
+    """A voted start set: its proposal, the reference view it was matched from, and the frame it lies
+    on: the target, or the target's view ``flip`` (:func:`target_view`), whose results :meth:`back`
+    maps onto the target."""
+
+    proposal: Proposal
+    ref: OneShotReference
+    frame: Frame
+    flip: str = ""
+
+    def unview(self, mask: np.ndarray) -> np.ndarray:
+        """A mask on :attr:`frame` as it lies on the target (a flip is its own inverse)."""
+        return flip_array(mask, self.flip) if self.flip else mask
+
+    def back(self, res: RefineResult) -> RefineResult:
+        """``res`` (refined on :attr:`frame`) with its points and mask on the target."""
+        if not self.flip:
+            return res
+        return replace(res, points=flip_points(res.points, self.flip, self.frame.original_size),
+                       mask=None if res.mask is None else self.unview(res.mask))
+
+
+def target_view(target: Frame, flip: str, segmenter: Segmenter, image: np.ndarray | None) -> Frame:
+    """``target`` seen through the flip ``flip``, embedded once and kept in the target frame's memo.
+    ``image``: the target's pixels (only read on the first call for this flip)."""
+    key = ("target_view", flip)
+    if key not in target.memo:
+        if image is None:
+            raise ConfigError("votes over flipped views of the target need its pixels: run(image) or "
+                              "run(frame, image=image)")
+        image = check_image_array(image)
+        if tuple(np.shape(image)[:2]) != tuple(target.original_size):
+            raise ConfigError(f"image is {np.shape(image)[1]}x{np.shape(image)[0]}, its frame "
+                              f"{target.original_size[1]}x{target.original_size[0]}")
+        target.memo[key] = segmenter.frame(flip_array(image, flip))
+    return target.memo[key]
+
+
 def other_start_sets(ref: OneShotReference, target: Frame, p: Proposal, k: int, seed: int, votes: int,
                      segmenter: Segmenter, cycle: bool | None = None,
                      target_features: PatchFeatures | None = None,
-                     views: tuple[str, ...] = VOTE_VIEWS) -> list[tuple[Proposal, OneShotReference]]:
-    """The start sets voted with ``p`` (``ref`` matched on ``target``, thinned with ``seed``), each with the
-    reference view it came from, in :func:`vote_plan` order: a flipped reference is matched anew; the
-    reference as it is reuses ``p``'s candidates, thinned with another seed."""
+                     views: tuple[tuple[str, str], ...] = VOTE_VIEWS,
+                     image: np.ndarray | None = None) -> list[StartSet]:
+    """The start sets voted with ``p`` (``ref`` matched on ``target``, thinned with ``seed``), in
+    :func:`vote_plan` order: a flipped reference, or the reference on a flipped view of the target
+    (``image``: the target's pixels), is matched anew; the reference as it is on the target as it is
+    reuses ``p``'s candidates, thinned with another seed."""
     out = []
-    for flip, offset in vote_plan(votes, views):
-        if flip:
-            view = ref.view(flip, segmenter)
-            out.append((propose(view, target, k, cycle, seed + offset, target_features), view))
+    for flip, tflip, offset in vote_plan(votes, views):
+        view = ref.view(flip, segmenter)
+        if tflip:
+            fr = target_view(target, tflip, segmenter, image)
+            out.append(StartSet(propose(view, fr, k, cycle, seed + offset), view, fr, tflip))
+        elif flip:
+            out.append(StartSet(propose(view, target, k, cycle, seed + offset, target_features), view, target))
         else:
-            out.append((rethin(p, k, seed + offset), ref))
+            out.append(StartSet(rethin(p, k, seed + offset), ref, target))
     return out
-
-
-def majority(masks: list[np.ndarray]) -> np.ndarray:
-    """Pixel-wise majority of boolean masks (with an even count a tie is background)."""
-    return np.mean(np.stack(masks), axis=0) > 0.5
 
 
 def propose(ref: OneShotReference, target: Frame, k: int = 10, cycle: bool | None = None,
@@ -178,9 +196,9 @@ class OneShotResult:
     proposal: Proposal
     refined: RefineResult  # over the start set: kept / suppressed, final mask (all kept without a defender)
     mode: str = "single"  # ppd.instances mode: "single", "many" (K >= 32) or "union" (one mask per positive)
-    # votes > 1: the results of the other voted start sets (flipped references, other k-means seeds:
-    # vote_plan), and the pixel-wise majority of every set's mask (``mask``); ``proposal`` / ``refined``
-    # stay the first set's
+    # votes > 1: the results of the other voted start sets (flipped references, flipped views of the
+    # target, other k-means seeds: vote_plan; points and masks on the target as it is), and the pixel-wise
+    # majority of every set's mask (``mask``); ``proposal`` / ``refined`` stay the first set's
     others: list[RefineResult] = field(default_factory=list)
     voted: np.ndarray | None = None
 
@@ -202,9 +220,10 @@ class OneShot:
         start set, K >= 32, one SAM mask: for "all nuclei" references), ``union`` (one SAM mask per kept
         positive, their union) or ``auto`` (``many`` when the reference mask holds several separate
         objects, else ``single``). ``votes`` > 1 (single objects): as many start sets, from the reference
-        flipped left-right, up-down, both, then from other k-means seeds (:func:`vote_plan`), each refined,
-        and the pixel-wise majority of their masks (docs/TRAINING.md, session 11). Flipped references are
-        embedded once per reference."""
+        flipped left-right, up-down, both, then from the target flipped the same ways, then from other
+        k-means seeds (:func:`vote_plan`), each refined, and the pixel-wise majority of their masks
+        (docs/TRAINING.md, sessions 11 and 16). Flipped references are embedded once per reference,
+        flipped targets once per target frame."""
         rows = None if defender is None else defender.agent.rows
         check_k(k, rows)
         check_votes(votes)
@@ -248,8 +267,12 @@ class OneShot:
     def propose(self, target: np.ndarray | Frame) -> Proposal:
         return propose(self._need_reference(), self.frame(target), start_k(self.mode, self.k), self.cycle, self.seed)
 
-    def run(self, target: np.ndarray | Frame, proposal: Proposal | None = None) -> OneShotResult:
-        """The final mask on ``target`` (and every step that led to it). An empty start set is an error."""
+    def run(self, target: np.ndarray | Frame, proposal: Proposal | None = None,
+            image: np.ndarray | None = None) -> OneShotResult:
+        """The final mask on ``target`` (and every step that led to it). An empty start set is an error.
+        ``image``: the pixels of a ``target`` given as a frame (votes over views of the target need them)."""
+        if not isinstance(target, Frame):
+            image = check_image_array(target)
         frame = self.frame(target)
         prop = proposal or self.propose(frame)
         if len(prop.points) == 0:
@@ -258,8 +281,8 @@ class OneShot:
         out = OneShotResult(prop, self._refine(frame, prop, ref), self.mode)
         if self.votes > 1 and self.mode == "single":
             others = other_start_sets(ref, frame, prop, start_k(self.mode, self.k), self.seed, self.votes, self.seg,
-                                      self.cycle)
-            out.others = [self._refine(frame, p, view) for p, view in others]
+                                      self.cycle, image=image)
+            out.others = [s.back(self._refine(s.frame, s.proposal, s.ref)) for s in others]
             out.voted = majority([out.refined.mask] + [r.mask for r in out.others])
         return out
 
@@ -300,7 +323,7 @@ def stream(pipe: OneShot, loaders: Iterable[Callable[[], np.ndarray]], prefetch:
             nxt = next(it, None)
             if nxt is not None:
                 pending.append(ex.submit(load, nxt))
-            yield image, frame, pipe.run(frame)
+            yield image, frame, pipe.run(frame, image=image)
 
 
 class FeatureMatcher:

@@ -167,11 +167,13 @@ def cycle_opt(sp) -> None:
                          "(default: the pipeline's, ppd.oneshot.CYCLE)")
 
 def votes_opt(sp) -> None:
-    """--votes N: N start sets (flipped references, then k-means seeds), each refined, masks voted."""
+    """--votes N: N start sets (flipped references, flipped targets, then k-means seeds), each refined,
+    masks voted."""
     sp.add_argument("--votes", type=int, default=1,
                     help="N start sets: from the reference as it is and flipped left-right, up-down, both, "
-                         "then other k-means seeds; each refined, and the pixel-wise majority of their masks "
-                         "(single objects; N times the defender's time; default 1)")
+                         "then matched on the target flipped the same three ways, then other k-means seeds; "
+                         "each refined, and the pixel-wise majority of their masks (single objects; N times "
+                         "the defender's time, and up to 3 more encoder passes per target; default 1)")
 
 
 DEFENDER_OPT_HELP = ("override a setting the defender refines with (repeatable; e.g. max_removals=12, "

@@ -96,10 +96,10 @@ def _demo_oneshot(args) -> int:
             image, gt = load(tname), load(mname, mask=True)
             t0 = time.perf_counter()
             frame = seg.frame(image)
-            out1 = pipe.run(frame)
+            out1 = pipe.run(frame, image=image)
             dt = time.perf_counter() - t0
             res, prop = out1.refined, out1.proposal
-            base = plain.run(frame, prop).mask
+            base = plain.run(frame, prop, image=image).mask
             stem = Path(tname).stem
             _write_refined(out, stem, image, res)
             print(f"{stem:10s} {len(prop.candidates):>5d} {len(prop.index):>7d} {int(res.kept.sum()):>4d} "

@@ -48,7 +48,7 @@ def config_key(cfg: EvalConfig) -> dict:
         d["thin_init"] = THIN_INIT
     if d["votes"] == 1:  # added in session 10
         del d["votes"]
-    else:  # session 11: the voted start sets come from views of the reference (ppd.oneshot.vote_plan)
+    else:  # sessions 11 / 16: the voted start sets come from views of the reference / target (ppd.views)
         from ppd.oneshot import VOTE_PLAN
 
         d["vote_plan"] = VOTE_PLAN

@@ -23,7 +23,7 @@ from ppd.data import Sample
 from ppd.evaluate import baselines
 
 if TYPE_CHECKING:  # the pipeline imports torch: only when a method runs (the CLI lists methods without it)
-    from ppd.oneshot import OneShotReference, Proposal
+    from ppd.oneshot import OneShotReference, Proposal, StartSet
     from ppd.sam import Frame
 
 
@@ -44,7 +44,7 @@ class RefJob:
     job: TargetJob
     removed: int | None = None  # prompts the defender removed from the proposal (fm-ppd, for fm-random)
     _proposal: Proposal | None = None
-    _others: list[tuple[Proposal, OneShotReference]] | None = None
+    _others: list[StartSet] | None = None
 
     @property
     def proposal(self) -> Proposal:
@@ -57,14 +57,15 @@ class RefJob:
         return self._proposal
 
     @property
-    def others(self) -> list[tuple[Proposal, OneShotReference]]:
-        """With ``votes`` > 1: the other voted start sets, each with its reference view (as OneShot votes)."""
+    def others(self) -> list[StartSet]:
+        """With ``votes`` > 1: the other voted start sets (as OneShot votes: views of the reference and of
+        the target, other seeds)."""
         if self._others is None:
             from ppd.oneshot import other_start_sets
 
             c, j = self.job.cfg, self.job
             self._others = other_start_sets(self.ref, j.frame, self.proposal, c.k, c.seed, c.votes, j.seg, c.cycle,
-                                            j.features)
+                                            j.features, image=j.pixels)
         return self._others
 
 
@@ -85,6 +86,7 @@ class TargetJob:
     removed: int | None = None  # ideal-attacked-defended's removal count (for ideal-attacked-random)
     _attack: tuple | None = field(default=None, repr=False)
     _features: object | None = field(default=None, repr=False)
+    _pixels: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def features(self):
@@ -92,6 +94,13 @@ class TargetJob:
         if self._features is None:
             self._features = self.frame.features()
         return self._features
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """The target's image (votes over flipped views of the target embed it flipped), read once."""
+        if self._pixels is None:
+            self._pixels = self.sample.image()
+        return self._pixels
 
     @property
     def name(self) -> str:
@@ -203,25 +212,28 @@ def fm(t: TargetJob, r: RefJob) -> Outcome:
 
 
 def _voted(r: RefJob, first: np.ndarray, run: Callable) -> tuple[np.ndarray, float]:
-    """``first`` (the first start set's mask), or with ``votes`` > 1 the majority with ``run(proposal, view)``
-    of the other voted start sets; and the seconds of their matching and thinning."""
+    """``first`` (the first start set's mask), or with ``votes`` > 1 the majority with ``run(start_set)`` (a
+    mask on the start set's frame, flipped back here) of the other voted start sets; and the seconds of
+    their matching and thinning."""
     if not r.others:
         return first, 0.0
     from ppd.oneshot import majority
 
-    return majority([first] + [run(p, v) for p, v in r.others]), sum(p.thin_s for p, _ in r.others)
+    return majority([first] + [s.unview(run(s)) for s in r.others]), sum(s.proposal.thin_s for s in r.others)
 
 
 def fm_kmeans(t: TargetJob, r: RefJob) -> Outcome:
     p = r.proposal
-    mask, thin_s = _voted(r, t.decode(p.points, p.labels), lambda q, _: t.decode(q.points, q.labels))
+    mask, thin_s = _voted(r, t.decode(p.points, p.labels),
+                          lambda s: t.seg.decode(s.frame, s.proposal.points, s.proposal.labels).mask)
     return Outcome(mask, len(p.index), len(p.index), p.thin_s + thin_s)
 
 
-def _defend(t: TargetJob, r: RefJob, p: Proposal | None = None, view: OneShotReference | None = None):
+def _defend(t: TargetJob, r: RefJob, s: StartSet | None = None):
+    """The defender on ``s`` (on its own frame), or on the first start set."""
     d = t.agents.defender
-    p, view = p or r.proposal, view or r.ref
-    return d.refine_frame(t.frame, p.points, p.labels, reference=view.graph_reference(d.config.graph_grid))
+    p, view, frame = (r.proposal, r.ref, t.frame) if s is None else (s.proposal, s.ref, s.frame)
+    return d.refine_frame(frame, p.points, p.labels, reference=view.graph_reference(d.config.graph_grid))
 
 
 def fm_ppd(t: TargetJob, r: RefJob) -> Outcome:
@@ -231,7 +243,7 @@ def fm_ppd(t: TargetJob, r: RefJob) -> Outcome:
     if n:
         res = _defend(t, r)
         kept = int(res.kept.sum())
-        mask, thin_s = _voted(r, res.mask, lambda q, v: _defend(t, r, q, v).mask)
+        mask, thin_s = _voted(r, res.mask, lambda s: _defend(t, r, s).mask)
     else:
         mask, kept = np.zeros_like(t.gt, bool), 0
     r.removed = n - kept  # the first seed's (fm-random removes as many)

@@ -123,9 +123,9 @@ def _overlays(results: Path, datasets: dict[str, dict], per: int = 2) -> list[tu
             s = samples[t]
             image = s.image()
             frame = seg.frame(image)
-            one = pipe.run(frame)
+            one = pipe.run(frame, image=image)
             res, pts, labs = one.refined, one.proposal.points, one.proposal.labels
-            before = plain.run(frame, one.proposal).mask  # with --votes: both masks voted
+            before = plain.run(frame, one.proposal, image=image).mask  # with --votes: both masks voted
             k = res.kept
             left = overlay(image, before, pts, labs)
             right = overlay(image, one.mask, pts[k], labs[k], pts[~k], labs[~k])
