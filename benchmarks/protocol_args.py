@@ -59,3 +59,49 @@ def report_rows(rows: list[dict], ref_ids: list[str], args, cols: list[str], bas
         for k, s in per_ref.items():
             gain = s.mean() - per_ref[base].mean()
             print(f"  {k:12s} {s.mean():5.1f} ± {s.std():4.1f}  ({gain:+.2f} vs {base})")
+
+
+def rows_parser(doc: str) -> argparse.ArgumentParser:
+    """:func:`protocol_parser` plus ``--out`` (rows written as targets finish) and ``--rows`` (report only)."""
+    a = protocol_parser(doc)
+    a.add_argument("--out", default=None, help="a .jsonl.gz file for the rows (written as targets finish)")
+    a.add_argument("--rows", default=None, help="only report the rows of an earlier --out file (no model)")
+    return a
+
+
+def replay_or_setup(args, report) -> tuple | None:
+    """With ``--rows``: ``report(rows, ref_ids, args)`` on the rows of an earlier run, and None. Else the
+    segmenter, the defender (``--defender``), the references made once (sample, OneShotReference with
+    its pixels) and the targets."""
+    if args.rows:
+        rows = read_rows(args.rows)
+        report(rows, list(dict.fromkeys(x["ref"] for x in rows)), args)
+        return None
+    from ppd.oneshot import OneShotReference
+    from ppd.refine import Defender
+    from ppd.sam import Segmenter
+
+    seg = Segmenter()
+    d = Defender(args.defender, segmenter=seg)
+    refs, targets = protocol_samples(args)
+    made = [(r, OneShotReference.make(seg.frame(r.image()), r.mask(), r.image())) for r in refs]
+    return seg, d, made, targets
+
+
+def plan_rows(target: str, ref: str, masks: dict[str, dict[str, np.ndarray]], gt: np.ndarray,
+              plans: dict[str, tuple[str, ...]]) -> list[dict]:
+    """Per set name (``fm-kmeans``, ``fm-ppd``) with a first start set ``o0``: each start set's Dice
+    (``one:<name>``) and each plan's, the pixel-wise majority of its sets' masks."""
+    from ppd.metrics import dice
+    from ppd.oneshot import majority
+
+    rows = []
+    for set_name, ms in masks.items():
+        if "o0" not in ms:
+            continue
+        row = {"target": target, "ref": ref, "set": set_name}
+        row.update({f"one:{k}": round(float(dice(m, gt)), 4) for k, m in ms.items()})
+        for plan, names in plans.items():
+            row[plan] = round(float(dice(majority([ms[k] for k in names if k in ms]), gt)), 4)
+        rows.append(row)
+    return rows

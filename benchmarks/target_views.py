@@ -24,12 +24,9 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from protocol_args import protocol_parser, protocol_samples, read_rows, report_rows, write_rows
+from protocol_args import plan_rows, replay_or_setup, report_rows, rows_parser, write_rows
 
-from ppd.metrics import dice
-from ppd.oneshot import VOTE_SEED_STEP, OneShotReference, flip_array, majority, propose, rethin
-from ppd.refine import Defender
-from ppd.sam import Segmenter
+from ppd.oneshot import VOTE_SEED_STEP, flip_array, propose, rethin
 
 #: start sets: (reference view, target view, k-means seed offset)
 SETS = {"o0": ("", "", 0), "h": ("h", "", 0), "v": ("v", "", 0), "hv": ("hv", "", 0), "o1": ("", "", VOTE_SEED_STEP),
@@ -43,19 +40,13 @@ BASE = "flips7"
 
 
 def main() -> None:
-    a = protocol_parser(__doc__)
-    a.add_argument("--out", default=None, help="a .jsonl.gz file for the rows (written as targets finish)")
-    a.add_argument("--rows", default=None, help="only report the rows of an earlier --out file (no model)")
-    args = a.parse_args()
-    if args.rows:
-        rows = read_rows(args.rows)
-        report(rows, list(dict.fromkeys(x["ref"] for x in rows)), args)
+    args = rows_parser(__doc__).parse_args()
+    setup = replay_or_setup(args, report)
+    if setup is None:
         return
-    seg = Segmenter()
-    d = Defender(args.defender, segmenter=seg)
+    seg, d, made, targets = setup
     grid = d.config.graph_grid
-    refs, targets = protocol_samples(args)
-    made = [(r, OneShotReference.make(seg.frame(r.image()), r.mask(), r.image())) for r in refs]
+    refs = [r for r, _ in made]
     rows, t0 = [], time.perf_counter()
     for i, t in enumerate(targets):
         img, gt = t.image(), t.mask()
@@ -76,14 +67,7 @@ def main() -> None:
                 pp = d.refine_frame(fr, p.points, p.labels, v.graph_reference(grid)).mask
                 masks["fm-kmeans"][name], masks["fm-ppd"][name] = (flip_array(km, tv), flip_array(pp, tv)) if tv \
                     else (km, pp)  # a flip is its own inverse
-            for set_name, ms in masks.items():
-                if "o0" not in ms:
-                    continue
-                row = {"target": t.id, "ref": r.id, "set": set_name}
-                row.update({f"one:{k}": round(float(dice(m, gt)), 4) for k, m in ms.items()})
-                for plan, names in PLANS.items():
-                    row[plan] = round(float(dice(majority([ms[k] for k in names if k in ms]), gt)), 4)
-                rows.append(row)
+            rows += plan_rows(t.id, r.id, masks, gt, PLANS)
         print(f"{i + 1}/{len(targets)} {t.id} {time.perf_counter() - t0:.0f} s", flush=True)
         if args.out:
             write_rows(args.out, rows)

@@ -20,12 +20,9 @@ Run: .venv/bin/python benchmarks/vote_views.py --dataset kvasir --references 10 
 from __future__ import annotations
 
 import numpy as np
-from protocol_args import protocol_parser, protocol_samples, read_rows, report_rows, write_rows
+from protocol_args import plan_rows, replay_or_setup, report_rows, rows_parser, write_rows
 
-from ppd.metrics import dice
-from ppd.oneshot import VOTE_SEED_STEP, OneShotReference, majority, propose, rethin
-from ppd.refine import Defender
-from ppd.sam import Segmenter
+from ppd.oneshot import VOTE_SEED_STEP, propose, rethin
 
 #: start sets: (view, k-means seed offset); "o0" is the reference as it is, "o1" with the next seed
 SETS = {"o0": ("", 0), "h": ("h", 0), "v": ("v", 0), "hv": ("hv", 0), "o1": ("", VOTE_SEED_STEP),
@@ -41,19 +38,13 @@ BASE = "flips5"
 
 
 def main() -> None:
-    a = protocol_parser(__doc__)
-    a.add_argument("--out", default=None, help="a .jsonl.gz file for the rows (written as targets finish)")
-    a.add_argument("--rows", default=None, help="only report the rows of an earlier --out file (no model)")
-    args = a.parse_args()
-    if args.rows:
-        rows = read_rows(args.rows)
-        report(rows, list(dict.fromkeys(x["ref"] for x in rows)), args)
+    args = rows_parser(__doc__).parse_args()
+    setup = replay_or_setup(args, report)
+    if setup is None:
         return
-    seg = Segmenter()
-    d = Defender(args.defender, segmenter=seg)
+    seg, d, made, targets = setup
     grid = d.config.graph_grid
-    refs, targets = protocol_samples(args)
-    made = [(r, OneShotReference.make(seg.frame(r.image()), r.mask(), r.image())) for r in refs]
+    refs = [r for r, _ in made]
     rows = []
     for i, t in enumerate(targets):
         fr, gt = seg.frame(t.image()), t.mask()
@@ -71,15 +62,7 @@ def main() -> None:
                     continue
                 masks["fm-kmeans"][name] = seg.decode(fr, p.points, p.labels).mask
                 masks["fm-ppd"][name] = d.refine_frame(fr, p.points, p.labels, v.graph_reference(grid)).mask
-            for set_name, ms in masks.items():
-                if "o0" not in ms:
-                    continue
-                row = {"target": t.id, "ref": r.id, "set": set_name}
-                row.update({f"one:{k}": round(float(dice(m, gt)), 4) for k, m in ms.items()})
-                for plan, names in PLANS.items():
-                    voted = [ms[k] for k in names if k in ms]
-                    row[plan] = round(float(dice(majority(voted), gt)), 4)
-                rows.append(row)
+            rows += plan_rows(t.id, r.id, masks, gt, PLANS)
         print(f"{i + 1}/{len(targets)} {t.id}", flush=True)
         if args.out:
             write_rows(args.out, rows)

@@ -134,13 +134,21 @@ def test_cli_refine_and_oneshot(tmp_path, manifest, cache_dir, monkeypatch, caps
     assert main(["refine", str(t1.image_path), "--prompts", str(out / f"{t1.id}.prompts.json"),
                  "--out", str(out2), "--defender", "untrained"]) == 0
     assert (out2 / f"{t1.id}.mask.png").is_file()
-    # --no-defender keeps every k-means prompt
+    # --no-defender keeps every k-means prompt; --votes 5 (the fifth set on the target flipped left-right)
+    # writes the mask the API votes
     out3 = tmp_path / "nodef"
+    capsys.readouterr()
     assert main(["oneshot", "--ref", str(ref.image_path), "--ref-mask", str(ref.mask_path), "--target",
-                 str(t1.image_path), "--out", str(out3), "--no-defender"]) == 0
+                 str(t1.image_path), "--out", str(out3), "--no-defender", "--votes", "5"]) == 0
     js = json.loads((out3 / f"{t1.id}.prompts.json").read_text())
     assert set(js["status"]) == {"kept"}
-    capsys.readouterr()
+    assert "voted over 5 start sets" in "".join(capsys.readouterr())
+    from ppd.oneshot import OneShot
+    from ppd.sam import Segmenter
+
+    api = OneShot(Segmenter(), None, votes=5)
+    api.set_reference(ref.image(), ref.mask())
+    assert np.array_equal(np.asarray(Image.open(out3 / f"{t1.id}.mask.png")) > 0, api.run(t1.image()).mask)
     # bad input: one line, exit 2, nothing written
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
