@@ -105,3 +105,27 @@ def plan_rows(target: str, ref: str, masks: dict[str, dict[str, np.ndarray]], gt
             row[plan] = round(float(dice(majority([ms[k] for k in names if k in ms]), gt)), 4)
         rows.append(row)
     return rows
+
+
+def set_masks(seg, d, ref, frames: dict, feats: dict, base, sets: dict, args) -> dict[str, dict[str, np.ndarray]]:
+    """Per set name (``fm-kmeans``: unrefined, ``fm-ppd``: refined by ``d``) the mask of each start set in
+    ``sets`` (name -> (reference view, target view, k-means seed offset)), on the target as it is.
+    ``frames`` / ``feats``: the target's views ("" as it is) and their patch features; ``base``: the
+    reference as it is matched on the target as it is (a seed offset re-thins it, nothing is re-matched)."""
+    from ppd.oneshot import flip_array, propose, rethin
+
+    masks: dict[str, dict[str, np.ndarray]] = {"fm-kmeans": {}, "fm-ppd": {}}
+    for name, (view, tv, offset) in sets.items():
+        v, fr = ref.view(view, seg), frames[tv]
+        if view or tv:  # a new match: this view of the reference on this view of the target
+            p = propose(v, fr, args.k, None, args.seed + offset, feats[tv])
+        else:  # the same match, thinned with another seed
+            p = rethin(base, args.k, args.seed + offset) if offset else base
+        if len(p.points) == 0:
+            continue
+        km = seg.decode(fr, p.points, p.labels).mask
+        pp = d.refine_frame(fr, p.points, p.labels, v.graph_reference(d.config.graph_grid)).mask
+        # a flip is its own inverse
+        masks["fm-kmeans"][name], masks["fm-ppd"][name] = (flip_array(km, tv), flip_array(pp, tv)) if tv \
+            else (km, pp)
+    return masks

@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
-from protocol_args import plan_rows, replay_or_setup, report_rows, rows_parser, write_rows
+from protocol_args import plan_rows, replay_or_setup, report_rows, rows_parser, set_masks, write_rows
 
-from ppd.oneshot import VOTE_SEED_STEP, flip_array, propose, rethin
+from ppd.oneshot import VOTE_SEED_STEP, flip_array, propose
 
 #: start sets: (reference view, target view, k-means seed offset)
 SETS = {"o0": ("", "", 0), "h": ("h", "", 0), "v": ("v", "", 0), "hv": ("hv", "", 0), "o1": ("", "", VOTE_SEED_STEP),
@@ -45,7 +44,6 @@ def main() -> None:
     if setup is None:
         return
     seg, d, made, targets = setup
-    grid = d.config.graph_grid
     refs = [r for r, _ in made]
     rows, t0 = [], time.perf_counter()
     for i, t in enumerate(targets):
@@ -54,19 +52,7 @@ def main() -> None:
         feats = {tv: fr.features() for tv, fr in frames.items()}
         for r, ref in made:
             base = propose(ref, frames[""], args.k, None, seed=args.seed, target_features=feats[""])
-            masks: dict[str, dict[str, np.ndarray]] = {"fm-kmeans": {}, "fm-ppd": {}}
-            for name, (view, tv, offset) in SETS.items():
-                v, fr = ref.view(view, seg), frames[tv]
-                if view or tv:  # a new match: this view of the reference on this view of the target
-                    p = propose(v, fr, args.k, None, args.seed + offset, feats[tv])
-                else:  # the same match, thinned with another seed
-                    p = rethin(base, args.k, args.seed + offset) if offset else base
-                if len(p.points) == 0:
-                    continue
-                km = seg.decode(fr, p.points, p.labels).mask
-                pp = d.refine_frame(fr, p.points, p.labels, v.graph_reference(grid)).mask
-                masks["fm-kmeans"][name], masks["fm-ppd"][name] = (flip_array(km, tv), flip_array(pp, tv)) if tv \
-                    else (km, pp)  # a flip is its own inverse
+            masks = set_masks(seg, d, ref, frames, feats, base, SETS, args)
             rows += plan_rows(t.id, r.id, masks, gt, PLANS)
         print(f"{i + 1}/{len(targets)} {t.id} {time.perf_counter() - t0:.0f} s", flush=True)
         if args.out:

@@ -19,10 +19,9 @@ Run: .venv/bin/python benchmarks/vote_views.py --dataset kvasir --references 10 
 
 from __future__ import annotations
 
-import numpy as np
-from protocol_args import plan_rows, replay_or_setup, report_rows, rows_parser, write_rows
+from protocol_args import plan_rows, replay_or_setup, report_rows, rows_parser, set_masks, write_rows
 
-from ppd.oneshot import VOTE_SEED_STEP, propose, rethin
+from ppd.oneshot import VOTE_SEED_STEP, propose
 
 #: start sets: (view, k-means seed offset); "o0" is the reference as it is, "o1" with the next seed
 SETS = {"o0": ("", 0), "h": ("h", 0), "v": ("v", 0), "hv": ("hv", 0), "o1": ("", VOTE_SEED_STEP),
@@ -43,7 +42,6 @@ def main() -> None:
     if setup is None:
         return
     seg, d, made, targets = setup
-    grid = d.config.graph_grid
     refs = [r for r, _ in made]
     rows = []
     for i, t in enumerate(targets):
@@ -51,17 +49,8 @@ def main() -> None:
         f = fr.features()
         for r, ref in made:
             base = propose(ref, fr, args.k, None, seed=args.seed, target_features=f)
-            masks: dict[str, dict[str, np.ndarray]] = {"fm-kmeans": {}, "fm-ppd": {}}
-            for name, (view, offset) in SETS.items():
-                v = ref.view(view, seg)
-                if view:  # a new match from this view of the reference
-                    p = propose(v, fr, args.k, None, args.seed + offset, f)
-                else:  # the same match, thinned with another seed
-                    p = rethin(base, args.k, args.seed + offset) if offset else base
-                if len(p.points) == 0:
-                    continue
-                masks["fm-kmeans"][name] = seg.decode(fr, p.points, p.labels).mask
-                masks["fm-ppd"][name] = d.refine_frame(fr, p.points, p.labels, v.graph_reference(grid)).mask
+            sets = {name: (view, "", offset) for name, (view, offset) in SETS.items()}
+            masks = set_masks(seg, d, ref, {"": fr}, {"": f}, base, sets, args)
             rows += plan_rows(t.id, r.id, masks, gt, PLANS)
         print(f"{i + 1}/{len(targets)} {t.id}", flush=True)
         if args.out:

@@ -272,7 +272,7 @@ class OneShot:
         """The final mask on ``target`` (and every step that led to it). An empty start set is an error.
         ``image``: the pixels of a ``target`` given as a frame (votes over views of the target need them)."""
         if not isinstance(target, Frame):
-            image = check_image_array(target)
+            image = target  # checked where it is read: by the segmenter here, by target_view for its flips
         frame = self.frame(target)
         prop = proposal or self.propose(frame)
         if len(prop.points) == 0:
