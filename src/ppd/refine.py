@@ -18,6 +18,11 @@ ended (``last``), or the state with SAM's highest predicted IoU (``iou``, the sh
 ship7's setting, chosen on val) or best agreement with the reference (``reference``).
 The settings are the agent's own (its JSON), overridable per call.
 
+With ``DefenderConfig.hypotheses`` > 0 the defender also refines label hypotheses the image
+suggests (:mod:`ppd.hypotheses`: 2-means splits of the prompts' patch features, each side taken
+as the object) and keeps the mask that agrees most with the others. This is what repairs
+*mislabelled* prompts, which removal alone cannot (docs/TRAINING.md, session 17).
+
 No ground truth is used. The result lists the kept and the suppressed prompts,
 the order of removal with the Q-value of each removal, and SAM's final mask.
 """
@@ -35,6 +40,7 @@ from ppd.agents.dqn import shipped_agent_path
 from ppd.errors import ConfigError, ImageNotSetError, InvalidMaskError, InvalidPromptError
 from ppd.game.observation import geometry, observe
 from ppd.graph import Reference, decode_summary, graph_of, prototypes
+from ppd.hypotheses import label_hypotheses, medoid
 from ppd.io import check_image_array, check_points, check_reference_mask
 from ppd.prompts import PromptSet, check_prompt_count
 from ppd.sam import Frame, Segmenter
@@ -81,8 +87,9 @@ def choose_step(trace: list[tuple[float, float, float]], rule: str, iou_margin: 
 @dataclass
 class RefineResult:
     points: np.ndarray  # (N, 2) the input prompts
-    labels: np.ndarray  # (N,)
+    labels: np.ndarray  # (N,) the labels the prompts are used with (the input's, unless ``relabeled``)
     kept: np.ndarray  # (N,) bool
+    relabeled: np.ndarray | None = None  # (N,) bool: label changed by a label hypothesis (DefenderConfig.hypotheses)
     order: list[int] = field(default_factory=list)  # indices removed, in order
     q_values: list[float] = field(default_factory=list)  # Q-value of each removal when it was made
     mask: np.ndarray | None = None  # (H, W) bool SAM mask from the kept prompts
@@ -93,6 +100,10 @@ class RefineResult:
     # object's and background's mean features; NaN without a reference)
     trace: list[tuple[float, float, float]] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        if self.relabeled is None:
+            self.relabeled = np.zeros(len(self.kept), bool)
+
     @property
     def suppressed(self) -> np.ndarray:
         return ~self.kept
@@ -102,6 +113,7 @@ class RefineResult:
         q = dict(zip(self.order, self.q_values, strict=True))
         return {"points": self.points.tolist(), "labels": [int(v) for v in self.labels],
                 "status": ["kept" if k else "suppressed" for k in self.kept],
+                "relabeled": [bool(v) for v in self.relabeled],
                 "q_value": [q.get(i) for i in range(len(self.points))],
                 "removal_order": [int(i) for i in self.order], "stop_reason": self.stop_reason,
                 "sam_iou": self.iou}
@@ -118,6 +130,7 @@ class DefenderConfig:
     q_threshold: float = 0.0  # stop when the best removal's Q is at most this
     min_keep_per_class: int = 1
     myopic: bool = False  # show every state as an episode's last step
+    hypotheses: int = 0  # > 0: also refine this many 2-means label splits (both ways), keep the medoid (ppd.hypotheses)
     select: str = "last"  # which visited state to keep (SELECT_RULES)
     iou_margin: float = 0.0  # select="iou": a later state must beat the start set's SAM IoU by this much
     graph_grid: int = 32  # the dual graph the agent was trained on
@@ -126,11 +139,10 @@ class DefenderConfig:
     def __post_init__(self) -> None:
         if self.select not in SELECT_RULES:
             raise ConfigError(f"select must be one of {', '.join(SELECT_RULES)}, got {self.select!r}")
-        for name in ("max_removals", "min_keep_per_class", "graph_grid", "knn"):
-            v = getattr(self, name)
-            if not isinstance(v, int | np.integer) or isinstance(v, bool) or v < (0 if name == "max_removals" else 1):
-                raise ConfigError(f"{name} must be a whole number of at least "
-                                  f"{0 if name == 'max_removals' else 1}, got {v!r}")
+        for name in ("max_removals", "hypotheses", "min_keep_per_class", "graph_grid", "knn"):
+            v, low = getattr(self, name), 0 if name in ("max_removals", "hypotheses") else 1
+            if not isinstance(v, int | np.integer) or isinstance(v, bool) or v < low:
+                raise ConfigError(f"{name} must be a whole number of at least {low}, got {v!r}")
 
     @classmethod
     def for_agent(cls, agent: DQNAgent, **overrides) -> DefenderConfig:
@@ -250,15 +262,31 @@ class Defender:
         if not isinstance(frame, Frame):
             raise ConfigError(f"refine_frame needs a ppd.sam.Frame, got {type(frame).__name__}")
         pts, labs = check_points(points, labels, frame.original_size)
-        n = len(pts)
-        if n == 0:
+        if len(pts) == 0:
             raise InvalidPromptError("no prompts to refine")
-        rows = self.agent.rows
-        res = RefineResult(points=pts, labels=labs, kept=np.ones(n, bool))
         c = config or self.config
         budget = c.max_removals if max_removals is None else max_removals
-        check_prompt_count(n, rows)
+        check_prompt_count(len(pts), self.agent.rows)
         graph = self.graph_of(frame)
+        res = self._remove(frame, graph, pts, labs, reference, budget, c)
+        if c.hypotheses > 0:  # the given labels and the image's label hypotheses, each refined; keep the medoid
+            done = {labs.astype(np.int64).tobytes(): res}
+            cands = [res]
+            for lab in label_hypotheses(graph.feats[graph.node_of(pts)], c.hypotheses):
+                key = lab.tobytes()
+                if key not in done:
+                    done[key] = self._remove(frame, graph, pts, lab, reference, budget, c)
+                cands.append(done[key])
+            res = cands[medoid([r.mask for r in cands])]
+            res.relabeled = res.labels != labs
+            res.stop_reason += f"; {int(res.relabeled.sum())} label(s) changed by the medoid of {len(cands)} hypotheses"
+        return res
+
+    def _remove(self, frame: Frame, graph, pts: np.ndarray, labs: np.ndarray, reference: Reference | None,
+                budget: int, c: DefenderConfig) -> RefineResult:
+        """The removal loop on prompts with labels ``labs`` (already validated)."""
+        n, rows = len(pts), self.agent.rows
+        res = RefineResult(points=pts, labels=labs, kept=np.ones(n, bool))
         prompts = PromptSet.from_points(np.zeros((rows, 2)), np.zeros(rows), np.zeros(rows, bool))
         prompts.points[:n], prompts.labels[:n], prompts.active[:n] = pts, labs, True
         valid = np.zeros(len(prompts), bool)

@@ -149,7 +149,7 @@ async function drawScene(canvas, maskUrl, showDefence) {
   const rr = radius(canvas), d = showDefence ? S.defended : null;
   S.points.forEach(([x, y], i) => {
     const sup = d && d.status[i] === "suppressed";
-    dot(g, x, y, rr, sup ? "rgba(0,0,0,.35)" : LABEL_COLOUR[S.labels[i]]);
+    dot(g, x, y, rr, sup ? "rgba(0,0,0,.35)" : LABEL_COLOUR[d ? d.labels[i] : S.labels[i]]);  // a label hypothesis may relabel
     if (sup) cross(g, x, y, rr * 1.4);
   });
   canvas.dataset.maskArea = maskUrl ? "1" : "0";
