@@ -177,7 +177,8 @@ def votes_opt(sp) -> None:
 
 
 DEFENDER_OPT_HELP = ("override a setting the defender refines with (repeatable; e.g. max_removals=12, "
-                     "select=reference; see ppd.refine.DefenderConfig)")
+                     "select=reference, hypotheses=8 for prompts whose labels may be flipped; see "
+                     "ppd.refine.DefenderConfig)")
 
 
 def expand_targets(items: list[str]) -> list[str]:
