@@ -114,6 +114,7 @@ def refine_settings(spec=None, overrides: dict | None = None) -> dict:
     from ppd.refine import DefenderConfig, load_agent
 
     d = asdict(DefenderConfig.for_agent(load_agent(spec, "defender"), **(overrides or {})))
-    if d.get("iou_margin") == 0.0:  # added in session 7: rows made before keep their keys
-        del d["iou_margin"]
+    for name, default in (("iou_margin", 0.0), ("hypotheses", 0)):  # added in sessions 7 and 17: rows made
+        if d.get(name) == default:                                    # before keep their keys
+            del d[name]
     return d
