@@ -298,8 +298,8 @@ class OneShot:
                 cfg = replace(cfg, iou_margin=max(cfg.iou_margin, MANY_IOU_MARGIN))
             res = self.defender.refine_frame(frame, pts, labs, reference=ref.graph_reference(cfg.graph_grid),
                                              config=cfg)
-        if self.mode == "union" and (labs[res.kept] == 1).any():
-            res.mask, _ = union_of_instances(self.seg, frame, pts[res.kept], labs[res.kept])
+        if self.mode == "union" and (res.labels[res.kept] == 1).any():  # res.labels: as refined (hypotheses)
+            res.mask, _ = union_of_instances(self.seg, frame, pts[res.kept], res.labels[res.kept])
         return res
 
 

@@ -281,8 +281,8 @@ def fm_ppd_union(t: TargetJob, r: RefJob) -> Outcome:
     if not n:
         return Outcome(np.zeros_like(t.gt, bool), 0, 0, p.thin_s)
     res = _defend(t, r)
-    k = res.kept
-    mask = union_of_instances(t.seg, t.frame, p.points[k], p.labels[k])[0] if (p.labels[k] == 1).any() else res.mask
+    k, labs = res.kept, res.labels  # the labels as refined (a label hypothesis may change them)
+    mask = union_of_instances(t.seg, t.frame, p.points[k], labs[k])[0] if (labs[k] == 1).any() else res.mask
     return Outcome(mask, n, int(k.sum()), p.thin_s)
 
 
