@@ -93,3 +93,26 @@ def test_defender_with_hypotheses_repairs_mislabelled_sets(segmenter, manifest):
         got["attacked"].append(dice(segmenter.decode(frame, att.points, att.labels).mask, gt))
     mean = {k: float(np.mean(v)) for k, v in got.items()}
     assert mean["hyp"] > mean["plain"] + 0.05 and mean["hyp"] > mean["attacked"] + 0.2, mean
+
+
+def test_cli_refine_with_hypotheses_writes_what_the_api_returns(tmp_path, manifest, segmenter, cache_dir, monkeypatch):
+    """``ppd refine --defender-opt hypotheses=3`` on an attacked set: the prompts JSON and mask are the API's."""
+    import json
+
+    from PIL import Image
+
+    from ppd.cli import main
+
+    monkeypatch.setenv("PPD_CACHE_DIR", str(cache_dir))
+    s = pick(manifest, "ph2", "val", 2)[1]
+    frame, att = _attacked(segmenter, s)
+    (tmp_path / "p.json").write_text(json.dumps({"points": att.points.tolist(), "labels": att.labels.tolist()}))
+    assert main(["refine", str(s.image_path), "--prompts", str(tmp_path / "p.json"), "--out", str(tmp_path / "o"),
+                 "--defender-opt", "hypotheses=3"]) == 0
+    stem = s.image_path.stem
+    js = json.loads((tmp_path / "o" / f"{stem}.prompts.json").read_text())
+    api = Defender(segmenter=segmenter, hypotheses=3).refine_frame(frame, att.points, att.labels)
+    assert api.relabeled.any()  # this attacked set is repaired by relabelling, so the new fields are exercised
+    assert js["labels"] == api.labels.tolist() and js["relabeled"] == api.relabeled.tolist()
+    assert js["status"] == ["kept" if k else "suppressed" for k in api.kept]
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "o" / f"{stem}.mask.png")) > 0, api.mask)
