@@ -18,9 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from ppd import data
-from ppd.evaluate.attack_defence import attack
+from ppd.evaluate.attack_defence import attack, attacker_game
 from ppd.evaluate.harness import select
-from ppd.game import Arena, GameConfig, ImageBank, PromptGame
 from ppd.metrics import dice
 from ppd.prompts import IDEAL, MISLABEL
 from ppd.refine import Defender, load_agent
@@ -47,9 +46,7 @@ def main() -> None:
     t0 = time.perf_counter()
     for s in targets:
         frame, gt = seg.frame(s.image()), s.mask()
-        gcfg = GameConfig(layout_seed=0)
-        bank = ImageBank(seg, [s], graph_grid=gcfg.graph_grid, knn=gcfg.knn, progress=False, frames=[frame])
-        ideal, att = attack(PromptGame(Arena(bank, gcfg), "attacker", seed=0, strict=True), attacker, 0, -1, 8)
+        ideal, att = attack(attacker_game(seg, s, frame, 0), attacker, 0, -1, 8)
         clean = att.kind == IDEAL
         d = {"ideal": dice(seg.decode(frame, ideal.points, ideal.labels).mask, gt),
              "attacked": dice(seg.decode(frame, att.points, att.labels).mask, gt),

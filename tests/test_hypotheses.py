@@ -43,32 +43,21 @@ def test_hypotheses_setting_is_checked():
     assert parse_overrides(["hypotheses=3"]) == {"hypotheses": 3}
 
 
-def test_hypotheses_in_cache_keys_and_cli(tmp_path, capsys):
-    """Off (0) leaves the eval cache keys of earlier rows as they were; on changes them; a bad value from
-    the CLI is one line and exit 2, before SAM loads."""
-    import json
-
-    from ppd.cli import main
+def test_hypotheses_in_cache_keys():
+    """Off (0) leaves the eval cache keys of earlier rows as they were; on changes them. (A bad value from the
+    CLI: test_refine_oneshot.test_defender_settings_travel_with_the_agent.)"""
     from ppd.evaluate.keys import agent_sha, refine_settings
 
     assert "hypotheses" not in refine_settings(None) and refine_settings(None, {"hypotheses": 8})["hypotheses"] == 8
     assert agent_sha(None, "defender") == agent_sha(None, "defender", {"hypotheses": 0})
     assert agent_sha(None, "defender") != agent_sha(None, "defender", {"hypotheses": 8})
-    (tmp_path / "p.json").write_text(json.dumps({"points": [[1, 1]]}))
-    rc = main(["refine", "x.jpg", "--prompts", str(tmp_path / "p.json"), "--out", str(tmp_path / "o"),
-               "--defender-opt", "hypotheses=-2"])
-    err = capsys.readouterr().err
-    assert rc == 2 and "hypotheses" in err and len(err.strip().splitlines()) == 1
 
 
 def _attacked(segmenter, sample):
-    from ppd.evaluate.attack_defence import attack
-    from ppd.game import Arena, GameConfig, ImageBank, PromptGame
+    from ppd.evaluate.attack_defence import attack, attacker_game
 
     frame = segmenter.frame(sample.image())
-    bank = ImageBank(segmenter, [sample], progress=False, frames=[frame])
-    env = PromptGame(Arena(bank, GameConfig()), "attacker", seed=0, strict=True)
-    _, att = attack(env, load_agent(None, "attacker"), 0, -1, 8)
+    _, att = attack(attacker_game(segmenter, sample, frame), load_agent(None, "attacker"), 0, -1, 8)
     return frame, att
 
 

@@ -53,6 +53,16 @@ class ObjectResult:
     n_attacked: int
 
 
+def attacker_game(segmenter, sample, frame, seed: int = 0) -> PromptGame:
+    """The attacker's game on one target (its frame already made), laid out and seeded with ``seed``:
+    the game's fixed ideal prompts and attack pool for every object of the sample."""
+    from ppd.game import Arena, GameConfig, ImageBank, PromptGame
+
+    gcfg = GameConfig(layout_seed=seed)
+    bank = ImageBank(segmenter, [sample], graph_grid=gcfg.graph_grid, knn=gcfg.knn, progress=False, frames=[frame])
+    return PromptGame(Arena(bank, gcfg), "attacker", seed=seed, strict=True)
+
+
 def attack(env: PromptGame, attacker: DQNAgent, i: int, k: int, steps: int) -> tuple[PromptSet, PromptSet]:
     """The ideal prompts of object ``k`` of bank image ``i`` and the set after ``steps`` greedy attacker moves."""
     obs, info = env.reset(options={"image": i, "object": k, "horizon": steps})

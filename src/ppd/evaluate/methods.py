@@ -117,14 +117,10 @@ class TargetJob:
         when an attacked method runs, the set after ``attack_steps`` moves of the attacker (who is shown
         no reference, as the defender is not)."""
         if self._attack is None:
-            from ppd.evaluate.attack_defence import attack
-            from ppd.game import Arena, GameConfig, ImageBank, PromptGame
+            from ppd.evaluate.attack_defence import attack, attacker_game
             cfg = self.cfg
-            gcfg = GameConfig(layout_seed=cfg.seed)
             t0 = time.perf_counter()
-            bank = ImageBank(self.seg, [self.sample], graph_grid=gcfg.graph_grid, knn=gcfg.knn, progress=False,
-                             frames=[self.frame])
-            env = PromptGame(Arena(bank, gcfg), "attacker", seed=cfg.seed, strict=True)
+            env = attacker_game(self.seg, self.sample, self.frame, cfg.seed)
             if self.wants_attack:
                 ideal, att = attack(env, self.agents.attacker, 0, self.obj, cfg.attack_steps)
             else:
