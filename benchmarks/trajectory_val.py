@@ -70,9 +70,14 @@ def rules(p: dict, stop_q: float = 0.0) -> dict[str, int]:
         s = np.where(ok[: upto + 1], s[: upto + 1], -np.inf)
         return int(s.argmax()) if np.isfinite(s).any() else upto
 
+    def margin(iou: np.ndarray, m: float) -> int:  # DefenderConfig.iou_margin
+        j = int(iou.argmax())
+        return j if iou[j] >= iou[0] + m else 0
+
     return {"k-means (state 0)": 0, "Q-stop (fm-ppd today)": qstop,
             "reference, up to the Q-stop": best(qstop, score), "reference, whole budget": best(len(q), score),
             "SAM IoU, up to the Q-stop": int(tr[: qstop + 1, 0].argmax()),
+            **{f"SAM IoU, up to the Q-stop, margin {m}": margin(tr[: qstop + 1, 0], m) for m in (0.02, 0.05)},
             "SAM IoU, whole budget": int(tr[:, 0].argmax()),
             "reference + IoU, whole budget": best(len(q), score + tr[:, 0]),
             "GT-best state (ceiling)": int(np.argmax(p["dice"]))}
@@ -108,13 +113,13 @@ def main() -> None:
     if args.summarize:
         pairs = json.loads(Path(args.summarize).read_text())["pairs"]
         for name, (m, sd) in summarize(pairs).items():
-            print(f"  {name:32s} {m:5.1f} ± {sd:4.1f}")
+            print(f"  {name:40s} {m:5.1f} ± {sd:4.1f}")
         return
     pairs = trajectories(args)
     table = summarize(pairs)
     print(f"{args.dataset} {args.split}, {len(pairs)} pairs, defender {args.defender or 'shipped'}:")
     for name, (m, sd) in table.items():
-        print(f"  {name:32s} {m:5.1f} ± {sd:4.1f}")
+        print(f"  {name:40s} {m:5.1f} ± {sd:4.1f}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"args": vars(args), "table": table, "pairs": pairs}, default=float))
