@@ -99,7 +99,7 @@ def collect(args) -> None:
             valid = np.zeros(rows, bool)
             valid[: len(pts)] = True
             geo = geometry(graph, prompts, gref)
-            slot_logits, node_frac, iou = d._state(frame, graph, prompts, valid)
+            slot_logits, node_frac, iou, _ = d._state(frame, graph, prompts, valid)
             obs = observe(graph, geo, prompts, valid, slot_logits, node_frac, iou, 0, 10, rows)
             sup = support(prop.candidates.points, prop.candidates.labels, prop.index)
             n_cls = np.array([(prop.candidates.labels == lab).sum() for lab in labs], np.float32) / 100.0

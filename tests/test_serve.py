@@ -106,6 +106,35 @@ def test_click_predict_and_defend_match_the_library(client, segmenter, defender,
     assert out["used_reference"] is False
 
 
+def test_defend_with_check_labels_matches_the_library(client, segmenter, defender, manifest):
+    """Clicks made with the wrong button (every label flipped) on a real PH2 image: /defend with
+    ``check_labels`` equals Defender.refine_frame with label hypotheses, and relabels where the plain
+    defender cannot."""
+    from dataclasses import replace
+
+    from ppd.hypotheses import DRAWS
+
+    s = pick(manifest, "ph2", "val", 1)[0]
+    image, gt = read_image(s.image_path), read_mask(s.mask_path)
+    rng = np.random.default_rng(0)
+    inside, outside = np.argwhere(gt)[:, ::-1], np.argwhere(~gt)[:, ::-1]
+    pts = np.r_[inside[rng.integers(0, len(inside), 4)], outside[rng.integers(0, len(outside), 4)]].astype(float)
+    labels = [0] * 4 + [1] * 4  # flipped: negatives on the lesion, positives on the skin
+    sid = session(client)
+    iid = upload(client, sid, image).json()["image"]
+    url = f"/api/sessions/{sid}/images/{iid}/defend"
+    checked = client.post(url, json={"points": pts.tolist(), "labels": labels, "check_labels": True}).json()
+    plain = client.post(url, json={"points": pts.tolist(), "labels": labels}).json()
+    frame = segmenter.frame(image)
+    res = defender.refine_frame(frame, pts, np.array(labels), config=replace(defender.config, hypotheses=DRAWS))
+    want = res.to_json()
+    for key in ("labels", "relabeled", "status", "removal_order"):
+        assert checked[key] == want[key]
+    assert np.array_equal(mask_of(checked["after"]["mask"]), res.mask)
+    assert any(checked["relabeled"]) and not any(plain["relabeled"])
+    assert plain["labels"] == labels
+
+
 def test_exif_rotated_upload_lands_clicks_where_seen(client, segmenter, manifest):
     """Pixels stored turned, EXIF orientation 6: the app works on the image as a viewer shows it."""
     s = pick(manifest, "ph2", "val", 1)[0]

@@ -86,9 +86,16 @@ def _click(drv, canvas, x: float, y: float, right: bool = False) -> None:
 
 
 def _points_of(drv, list_id: str) -> list[tuple[float, float, int]]:
-    return drv.execute_script(
+    return [tuple(p) for p in drv.execute_script(
         f"return [...document.querySelectorAll('#{list_id} li')].map(li => "
-        "[parseFloat(li.dataset.x), parseFloat(li.dataset.y), parseInt(li.dataset.label)]);")
+        "[parseFloat(li.dataset.x), parseFloat(li.dataset.y), parseInt(li.dataset.label)]);")]
+
+
+def _lists_of(api: dict) -> tuple[list, list]:
+    """The kept and the suppressed prompts (x, y, label as used) of a /defend answer, as the page lists them."""
+    kept = [(p[0], p[1], lab) for p, lab, s in zip(api["points"], api["labels"], api["status"], strict=True)
+            if s == "kept"]
+    return kept, [(api["points"][i][0], api["points"][i][1], api["labels"][i]) for i in api["removal_order"]]
 
 
 def test_click_defend_and_oneshot_in_chromium(server, browser, tmp_path):
@@ -122,14 +129,26 @@ def test_click_defend_and_oneshot_in_chromium(server, browser, tmp_path):
     kept, suppressed = _points_of(drv, "kept-list"), _points_of(drv, "suppressed-list")
     pts, now = drv.execute_script("return [S.points, S.labels]")
     sid, iid = drv.execute_script("return [S.session, S.image.image]")
-    api = _post(f"{server.url}/api/sessions/{sid}/images/{iid}/defend", {"points": pts, "labels": now})
-    want_kept = [(p[0], p[1], lab) for p, lab, s in zip(api["points"], api["labels"], api["status"], strict=True)
-                 if s == "kept"]
-    want_sup = [(api["points"][i][0], api["points"][i][1], api["labels"][i]) for i in api["removal_order"]]
-    assert [tuple(k) for k in kept] == want_kept and [tuple(s) for s in suppressed] == want_sup
+    url = f"{server.url}/api/sessions/{sid}/images/{iid}/defend"
+    api = _post(url, {"points": pts, "labels": now})
+    assert (kept, suppressed) == _lists_of(api)
     assert len(kept) + len(suppressed) == len(pts)
     assert drv.find_element(By.ID, "iou-after").text == f"{api['after']['iou']:.3f}"
     assert drv.find_element(By.ID, "dl-mask").get_attribute("href").startswith("data:image/png")
+
+    # "labels may be flipped": the same points, refined with label hypotheses as the API answers them
+    drv.find_element(By.ID, "check-labels").click()
+    drv.execute_script("document.getElementById('status').textContent = ''")
+    drv.find_element(By.ID, "defend").click()
+    _wait(drv, "return document.getElementById('status').textContent.startsWith('defender')", timeout=180)
+    checked = _post(url, {"points": pts, "labels": now, "check_labels": True})
+    assert (checked["labels"], checked["status"]) != (api["labels"], api["status"])  # the box changes the answer
+    assert (_points_of(drv, "kept-list"), _points_of(drv, "suppressed-list")) == _lists_of(checked)
+    flags = drv.execute_script("return Object.fromEntries([...document.querySelectorAll('#kept-list li, "
+                               "#suppressed-list li')].map(li => [li.dataset.index, li.dataset.relabeled === '1']))")
+    assert [flags[str(i)] for i in range(len(pts))] == checked["relabeled"]
+    assert ("flipped" in drv.find_element(By.ID, "status").text) == any(checked["relabeled"])
+    drv.find_element(By.ID, "check-labels").click()
     drv.find_element(By.CSS_SELECTOR, "input[name=view][value=side]").click()
     _wait(drv, "return !document.getElementById('fig-after').hidden")
 

@@ -18,6 +18,10 @@ import warnings
 import numpy as np
 from scipy.cluster.vq import kmeans2
 
+#: Draws for "my labels may be flipped" (``ppd serve``'s check box): chosen on val in session 17
+#: (docs/TRAINING.md), where 8 repaired more of the attacker's damage than 3 or 5.
+DRAWS = 8
+
 
 def label_hypotheses(feats: np.ndarray, draws: int, seed: int = 0) -> list[np.ndarray]:
     """Labelings of the prompts: for each of ``draws`` seeded 2-means splits of

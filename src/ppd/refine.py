@@ -252,7 +252,7 @@ class Defender:
             logits, iou, mask = None, 0.0, np.zeros((256, 256), bool)
         node_frac, logit_at = decode_summary(logits, mask, graph, frame.lowres_scale, pts)
         slot_logits = np.array([logit_at.get((float(x), float(y)), 0.0) for x, y in prompts.points], np.float32)
-        return slot_logits, node_frac, iou
+        return slot_logits, node_frac, iou, mask
 
     @torch.no_grad()
     def refine_frame(self, frame: Frame, points, labels, reference: Reference | None = None,
@@ -268,23 +268,28 @@ class Defender:
         budget = c.max_removals if max_removals is None else max_removals
         check_prompt_count(len(pts), self.agent.rows)
         graph = self.graph_of(frame)
-        res = self._remove(frame, graph, pts, labs, reference, budget, c)
-        if c.hypotheses > 0:  # the given labels and the image's label hypotheses, each refined; keep the medoid
-            done = {labs.astype(np.int64).tobytes(): res}
-            cands = [res]
-            for lab in label_hypotheses(graph.feats[graph.node_of(pts)], c.hypotheses):
-                key = lab.tobytes()
-                if key not in done:
-                    done[key] = self._remove(frame, graph, pts, lab, reference, budget, c)
-                cands.append(done[key])
-            res = cands[medoid([r.mask for r in cands])]
-            res.relabeled = res.labels != labs
-            res.stop_reason += f"; {int(res.relabeled.sum())} label(s) changed by the medoid of {len(cands)} hypotheses"
+        if c.hypotheses == 0:
+            return self._remove(frame, graph, pts, labs, reference, budget, c)[0]
+        # The given labels and the image's label hypotheses, each refined; keep the medoid. The candidates
+        # are compared on SAM's low-res masks, and only the chosen one is decoded at full size.
+        done = {labs.astype(np.int64).tobytes(): self._remove(frame, graph, pts, labs, reference, budget, c, False)}
+        cands = list(done.values())
+        for lab in label_hypotheses(graph.feats[graph.node_of(pts)], c.hypotheses):
+            key = lab.tobytes()
+            if key not in done:
+                done[key] = self._remove(frame, graph, pts, lab, reference, budget, c, False)
+            cands.append(done[key])
+        valid = tuple(-(-n // 4) for n in frame.input_size)  # the image's part of SAM's 256x256 low-res grid
+        res = cands[medoid([low[: valid[0], : valid[1]] for _, low in cands])][0]
+        res.mask = self.seg.decode(frame, pts[res.kept], res.labels[res.kept]).mask
+        res.relabeled = res.labels != labs
+        res.stop_reason += f"; {int(res.relabeled.sum())} label(s) changed by the medoid of {len(cands)} hypotheses"
         return res
 
     def _remove(self, frame: Frame, graph, pts: np.ndarray, labs: np.ndarray, reference: Reference | None,
-                budget: int, c: DefenderConfig) -> RefineResult:
-        """The removal loop on prompts with labels ``labs`` (already validated)."""
+                budget: int, c: DefenderConfig, decode: bool = True) -> tuple[RefineResult, np.ndarray]:
+        """The removal loop on prompts with labels ``labs`` (already validated): the result (its full-size
+        mask decoded only if ``decode``) and the chosen state's low-res mask."""
         n, rows = len(pts), self.agent.rows
         res = RefineResult(points=pts, labels=labs, kept=np.ones(n, bool))
         prompts = PromptSet.from_points(np.zeros((rows, 2)), np.zeros(rows), np.zeros(rows, bool))
@@ -293,8 +298,10 @@ class Defender:
         valid[:n] = True
         horizon = max(1, min(budget, 15))
         geo = geometry(graph, prompts, reference)
+        lows = []  # each visited state's low-res mask
         for t in range(budget + 1):
-            slot_logits, node_frac, iou = self._state(frame, graph, prompts, valid)
+            slot_logits, node_frac, iou, low = self._state(frame, graph, prompts, valid)
+            lows.append(low)
             res.iou = iou
             res.trace.append((float(iou), *_agreement(graph, reference, node_frac)))
             if t == budget:
@@ -331,8 +338,9 @@ class Defender:
                 res.kept[i] = True
             res.stop_reason += f"; mask of state {step} of {len(res.order)} chosen by {c.select}"
             res.order, res.q_values, res.iou = res.order[:step], res.q_values[:step], res.trace[step][0]
-        res.mask = self.seg.decode(frame, pts[res.kept], labs[res.kept]).mask
-        return res
+        if decode:
+            res.mask = self.seg.decode(frame, pts[res.kept], labs[res.kept]).mask
+        return res, lows[step]
 
 
 def _agreement(graph, reference: Reference | None, node_frac: np.ndarray) -> tuple[float, float]:

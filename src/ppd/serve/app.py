@@ -16,6 +16,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from importlib import resources
 
 import numpy as np
@@ -29,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from ppd.errors import ConfigError, PPDError
+from ppd.hypotheses import DRAWS
 from ppd.serve.guards import Guards
 from ppd.serve.sessions import MAX_UPLOAD, ImageEntry, NotFound, SessionStore, UploadTooLarge
 
@@ -42,6 +44,7 @@ class Prompts(BaseModel):
 
 class DefendIn(Prompts):
     use_reference: bool = True  # use the session's one-shot reference, if one is set
+    check_labels: bool = False  # the labels may be flipped: also refine label hypotheses (ppd.hypotheses)
 
 
 class ReferenceIn(Prompts):
@@ -207,7 +210,9 @@ def create_app(segmenter=None, defender=None, allowed_hosts: list[str] | None = 
         def work():
             frame = store.frame(entry)
             ref = graph_reference(s) if body.use_reference else None
-            return seg.decode(frame, pts, labs), ref, defender.refine_frame(frame, pts, labs, reference=ref)
+            cfg = (replace(defender.config, hypotheses=defender.config.hypotheses or DRAWS)
+                   if body.check_labels else None)
+            return seg.decode(frame, pts, labs), ref, defender.refine_frame(frame, pts, labs, reference=ref, config=cfg)
 
         before, ref, res = job(work)
         out = res.to_json()

@@ -132,11 +132,12 @@ async function defend() {
   if (!S.image || !S.points.length) { status("click some points first", true); return; }
   const seq = S.seq;
   const r = await busy("defending…", () => api(sess(`/images/${S.image.image}/defend`),
-    { json: { points: S.points, labels: S.labels, use_reference: true } }));
+    { json: { points: S.points, labels: S.labels, use_reference: true, check_labels: $("check-labels").checked } }));
   if (seq !== S.seq) return;
   S.defended = r; S.before = { mask: r.before.mask, iou: r.before.iou, area: null };
+  const flipped = r.relabeled.filter(Boolean).length;
   status(`defender: kept ${r.status.filter((s) => s === "kept").length} of ${r.points.length} in ${r.defend_s.toFixed(2)} s`
-         + (r.used_reference ? " (with the one-shot reference)" : ""));
+         + (flipped ? `, ${flipped} label(s) flipped` : "") + (r.used_reference ? " (with the one-shot reference)" : ""));
   await redraw();
 }
 
@@ -178,7 +179,8 @@ function fillLists() {
   const item = (i) => {
     const li = document.createElement("li"), [x, y] = d.points[i];
     li.dataset.x = x; li.dataset.y = y; li.dataset.label = d.labels[i]; li.dataset.index = i;
-    li.textContent = `${d.labels[i] ? "+" : "−"} (${x.toFixed(1)}, ${y.toFixed(1)})`;
+    li.textContent = `${d.labels[i] ? "+" : "−"} (${x.toFixed(1)}, ${y.toFixed(1)})` + (d.relabeled[i] ? " flipped" : "");
+    li.dataset.relabeled = d.relabeled[i] ? "1" : "0";
     return li;
   };
   d.status.forEach((s, i) => { if (s === "kept") kept.appendChild(item(i)); });
