@@ -117,4 +117,6 @@ def refine_settings(spec=None, overrides: dict | None = None) -> dict:
     for name, default in (("iou_margin", 0.0), ("hypotheses", 0)):  # added in sessions 7 and 17: rows made
         if d.get(name) == default:                                    # before keep their keys
             del d[name]
+    if d.get("hypotheses"):  # session 18 compares the candidates on low-res masks: session 17's rows are not reused
+        d["hypotheses_select"] = "lowres"
     return d
