@@ -7,7 +7,7 @@ import pytest
 
 from conftest import pick
 from ppd.errors import ConfigError
-from ppd.hypotheses import label_hypotheses, medoid
+from ppd.hypotheses import DRAWS, label_hypotheses, medoid
 from ppd.refine import Defender, DefenderConfig, load_agent, parse_overrides
 
 
@@ -85,8 +85,11 @@ def test_defender_with_hypotheses_repairs_mislabelled_sets(segmenter, manifest):
     assert mean["hyp"] > mean["plain"] + 0.05 and mean["hyp"] > mean["attacked"] + 0.2, mean
 
 
-def test_cli_refine_with_hypotheses_writes_what_the_api_returns(tmp_path, manifest, segmenter, cache_dir, monkeypatch):
-    """``ppd refine --defender-opt hypotheses=3`` on an attacked set: the prompts JSON and mask are the API's."""
+@pytest.mark.parametrize("flags, draws", [(["--defender-opt", "hypotheses=3"], 3), (["--check-labels"], DRAWS)])
+def test_cli_refine_with_hypotheses_writes_what_the_api_returns(flags, draws, tmp_path, manifest, segmenter, cache_dir,
+                                                               monkeypatch):
+    """``ppd refine --defender-opt hypotheses=3`` (and ``--check-labels``, the browser's box: ``DRAWS``) on an
+    attacked set: the prompts JSON and mask are the API's."""
     import json
 
     from PIL import Image
@@ -98,10 +101,10 @@ def test_cli_refine_with_hypotheses_writes_what_the_api_returns(tmp_path, manife
     frame, att = _attacked(segmenter, s)
     (tmp_path / "p.json").write_text(json.dumps({"points": att.points.tolist(), "labels": att.labels.tolist()}))
     assert main(["refine", str(s.image_path), "--prompts", str(tmp_path / "p.json"), "--out", str(tmp_path / "o"),
-                 "--defender-opt", "hypotheses=3"]) == 0
+                 *flags]) == 0
     stem = s.image_path.stem
     js = json.loads((tmp_path / "o" / f"{stem}.prompts.json").read_text())
-    api = Defender(segmenter=segmenter, hypotheses=3).refine_frame(frame, att.points, att.labels)
+    api = Defender(segmenter=segmenter, hypotheses=draws).refine_frame(frame, att.points, att.labels)
     assert api.relabeled.any()  # this attacked set is repaired by relabelling, so the new fields are exercised
     assert js["labels"] == api.labels.tolist() and js["relabeled"] == api.relabeled.tolist()
     assert js["status"] == ["kept" if k else "suppressed" for k in api.kept]

@@ -249,9 +249,9 @@ def test_defender_settings_travel_with_the_agent(tmp_path, segmenter, capsys):
     assert agent_sha(tmp_path / "d", "defender") != agent_sha(tmp_path / "d", "defender", {"max_removals": 8})
     assert agent_sha(None, "defender") == agent_sha(None, "defender", {"max_removals": 10})  # the default itself
     (tmp_path / "p.json").write_text(json.dumps({"points": [[1, 1]]}))
-    for opt, named in (("nope=1", "nope=1"), ("hypotheses=-2", "hypotheses")):  # one line, exit 2, before SAM loads
-        rc = main(["refine", "x.jpg", "--prompts", str(tmp_path / "p.json"), "--out", str(tmp_path / "o"),
-                   "--defender-opt", opt])
+    for opts, named in ((["--defender-opt", "nope=1"], "nope=1"), (["--defender-opt", "hypotheses=-2"], "hypotheses"),
+                        (["--defender-opt", "hypotheses=0", "--check-labels"], "--check-labels")):
+        rc = main(["refine", "x.jpg", "--prompts", str(tmp_path / "p.json"), "--out", str(tmp_path / "o"), *opts])
         err = capsys.readouterr().err
         assert rc == 2 and named in err and len(err.strip().splitlines()) == 1
 

@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, metavar="DIR")
     r.add_argument("--defender", help="defender checkpoint, or 'untrained' (default: the shipped one)")
     r.add_argument("--defender-opt", action="append", metavar="KEY=VALUE", help=DEFENDER_OPT_HELP)
+    r.add_argument("--check-labels", action="store_true",
+                   help="the labels may be flipped (clicks made with the wrong button, a swapped label convention): "
+                        "also refine label hypotheses (--defender-opt hypotheses=8, unless given)")
     r.add_argument("--ref", metavar="IMG", help="optional one-shot reference image of the object sought")
     r.add_argument("--ref-mask", metavar="MASK", help="its mask (required with --ref)")
     r.add_argument("--mask-threshold", type=float, metavar="T",

@@ -26,7 +26,7 @@ from ppd.cli.common import (
     output_stems,
     read_prompts_json,
 )
-from ppd.errors import InvalidMaskError, InvalidPromptError, OutputError
+from ppd.errors import ConfigError, InvalidMaskError, InvalidPromptError, OutputError
 from ppd.io import OutputDir
 from ppd.prompts import check_k
 
@@ -153,10 +153,13 @@ def cmd_refine(args) -> int:
     rows = _defender_rows(args.defender)
     if rows is not None:  # the same refusal as Defender.refine's, before torch loads
         check_prompt_count(len(pts), rows)
+    from ppd.hypotheses import DRAWS
     from ppd.io import check_points
     from ppd.refine import Defender, load_agent
 
     opts = _defender_opts(args)
+    if args.check_labels and opts.setdefault("hypotheses", DRAWS) == 0:
+        raise ConfigError("--check-labels refines label hypotheses: drop --defender-opt hypotheses=0")
     agent = load_agent(args.defender, "defender")
     check_prompt_count(len(pts), agent.rows)  # before the image is read or SAM loads
     image = read_image(args.image)
