@@ -32,18 +32,8 @@ from protocol_args import read_rows, report_rows, rows_parser, write_rows  # noq
 COLS = ["fm-kmeans", "fm-ppd", "medoid", "medoid-given4", "oriented", "agreement", "gt-best"]
 
 
-def weighted_medoid(masks: list[np.ndarray], weights: list[float]) -> int:
-    """Index of the mask with the highest weighted summed IoU with all masks (64 x 64 thumbnails)."""
-    m = np.stack([x[np.ix_(np.linspace(0, x.shape[0] - 1, 64).astype(int),
-                           np.linspace(0, x.shape[1] - 1, 64).astype(int))].ravel() for x in masks]).astype(np.float32)
-    inter = m @ m.T
-    union = m.sum(1)[:, None] + m.sum(1)[None, :] - inter
-    iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
-    return int(np.argmax(iou @ np.asarray(weights, np.float32)))
-
-
 def pair_row(seg, d, ref, frame, gt) -> dict | None:
-    from ppd.hypotheses import label_hypotheses
+    from ppd.hypotheses import label_hypotheses, medoid
     from ppd.metrics import dice
     from ppd.oneshot import propose
 
@@ -71,9 +61,9 @@ def pair_row(seg, d, ref, frame, gt) -> dict | None:
                       if i and margin[lab == 1].mean() > margin[lab == 0].mean()]
     pick = {
         "fm-ppd": 0,
-        "medoid": weighted_medoid(masks, [1.0] * len(cands)),
-        "medoid-given4": weighted_medoid(masks, [4.0] + [1.0] * (len(cands) - 1)),
-        "oriented": oriented[weighted_medoid([masks[i] for i in oriented], [1.0] * len(oriented))],
+        "medoid": medoid(masks),
+        "medoid-given4": medoid(masks, [4.0] + [1.0] * (len(cands) - 1)),
+        "oriented": oriented[medoid([masks[i] for i in oriented])],
         "agreement": int(np.argmax([agreement(r) for _, r, _ in cands])),
         "gt-best": int(np.argmax([s for _, _, s in cands])),
     }

@@ -31,6 +31,7 @@ def test_medoid_is_the_mask_the_others_agree_with():
     far[:5, :5] = True
     assert medoid([far, base, near, base]) == 1
     assert medoid([far]) == 0
+    assert medoid([far, base, far], weights=[1, 1, 1]) == 0 and medoid([far, base, far], weights=[0, 5, 0]) == 1
     with pytest.raises(ValueError):
         medoid([])
 

@@ -48,8 +48,10 @@ def _thumb(mask: np.ndarray, size: int = 128) -> np.ndarray:
                        np.linspace(0, w - 1, min(w, size)).astype(int))].ravel()
 
 
-def medoid(masks: list[np.ndarray]) -> int:
-    """Index of the mask with the highest summed IoU with the others (the first on ties)."""
+def medoid(masks: list[np.ndarray], weights: list[float] | None = None) -> int:
+    """Index of the mask with the highest summed IoU with the others (the first on ties); ``weights``:
+    how much each mask counts in those sums (default 1 each; val screens of other weightings,
+    docs/TRAINING.md session 18)."""
     if not masks:
         raise ValueError("medoid of no masks")
     m = np.stack([_thumb(np.asarray(x, bool)) for x in masks]).astype(np.float32)
@@ -57,4 +59,4 @@ def medoid(masks: list[np.ndarray]) -> int:
     area = m.sum(1)
     union = area[:, None] + area[None, :] - inter
     iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
-    return int(np.argmax(iou.sum(1)))
+    return int(np.argmax(iou.sum(1) if weights is None else iou @ np.asarray(weights, np.float32)))
