@@ -9,10 +9,12 @@ from without ground truth:
 - ``medoid-given4``: the same with the given labels counted four times;
 - ``oriented``: the medoid of the given labels and the hypotheses whose positives match the reference
   object better than their negatives do (mean margin of ``Reference.prompt_features``);
+- ``iou-gate``: the medoid if SAM's predicted IoU of its mask beats the given labels' by 0.1, else the given;
 - ``agreement``: the candidate whose mask agrees best with the reference (object minus background cosine);
 - ``gt-best``: the candidate with the best Dice (a ceiling, reads the ground truth).
 
-Run (session 18; ``docs/tuning/session18/hypotheses_oneshot_<dataset>.txt``)::
+Run (session 18; ``docs/tuning/session18/hypotheses_oneshot_<dataset>.txt``, and ``..._ship7x_<dataset>``
+with ``--defender docs/training/ship7x/defender --defender-opt select=iou``)::
 
     python benchmarks/hypotheses_oneshot.py --dataset kvasir --references 5 --seed 0 --limit 20 \\
         --out docs/tuning/session18/hypotheses_oneshot_kvasir.jsonl.gz
@@ -29,7 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from protocol_args import read_rows, report_rows, rows_parser, write_rows  # noqa: E402
 
-COLS = ["fm-kmeans", "fm-ppd", "medoid", "medoid-given4", "oriented", "agreement", "gt-best"]
+COLS = ["fm-kmeans", "fm-ppd", "medoid", "medoid-given4", "oriented", "iou-gate", "agreement", "gt-best"]
 
 
 def pair_row(seg, d, ref, frame, gt) -> dict | None:
@@ -65,8 +67,11 @@ def pair_row(seg, d, ref, frame, gt) -> dict | None:
         "medoid-given4": medoid(masks, [4.0] + [1.0] * (len(cands) - 1)),
         "oriented": oriented[medoid([masks[i] for i in oriented])],
         "agreement": int(np.argmax([agreement(r) for _, r, _ in cands])),
+        "iou-gate": 0,
         "gt-best": int(np.argmax([s for _, _, s in cands])),
     }
+    if cands[pick["medoid"]][1].iou >= cands[0][1].iou + 0.1:
+        pick["iou-gate"] = pick["medoid"]
     row = {k: round(float(cands[i][2]), 4) for k, i in pick.items()}
     row["fm-kmeans"] = round(float(dice(seg.decode(frame, pts, labs).mask, gt)), 4)
     row["distinct"] = len(done)
@@ -75,6 +80,8 @@ def pair_row(seg, d, ref, frame, gt) -> dict | None:
 
 def main() -> None:
     a = rows_parser(__doc__)
+    a.add_argument("--defender-opt", action="append", metavar="KEY=VALUE",
+                   help="defender settings, as ppd's (the twin ship7x: select=iou)")
     args = a.parse_args()
     report = lambda rows, refs, args: report_rows(rows, refs, args, COLS, "fm-ppd", "fm-ppd")  # noqa: E731
     if args.rows:
@@ -84,11 +91,11 @@ def main() -> None:
     from protocol_args import protocol_samples
 
     from ppd.oneshot import OneShotReference
-    from ppd.refine import Defender
+    from ppd.refine import Defender, parse_overrides
     from ppd.sam import Segmenter
 
     seg = Segmenter()
-    d = Defender(args.defender, segmenter=seg)
+    d = Defender(args.defender, segmenter=seg, **parse_overrides(args.defender_opt))
     refs, targets = protocol_samples(args)
     made = [(r, OneShotReference.make(seg.frame(r.image()), r.mask())) for r in refs]
     rows: list[dict] = []
