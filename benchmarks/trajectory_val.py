@@ -26,7 +26,7 @@ from ppd import data
 from ppd.evaluate.harness import select
 from ppd.metrics import dice
 from ppd.oneshot import OneShotReference, propose
-from ppd.refine import Defender, load_agent
+from ppd.refine import Defender, choose_step, load_agent
 from ppd.sam import Segmenter
 
 
@@ -70,14 +70,11 @@ def rules(p: dict, stop_q: float = 0.0) -> dict[str, int]:
         s = np.where(ok[: upto + 1], s[: upto + 1], -np.inf)
         return int(s.argmax()) if np.isfinite(s).any() else upto
 
-    def margin(iou: np.ndarray, m: float) -> int:  # DefenderConfig.iou_margin
-        j = int(iou.argmax())
-        return j if iou[j] >= iou[0] + m else 0
-
     return {"k-means (state 0)": 0, "Q-stop (fm-ppd today)": qstop,
             "reference, up to the Q-stop": best(qstop, score), "reference, whole budget": best(len(q), score),
             "SAM IoU, up to the Q-stop": int(tr[: qstop + 1, 0].argmax()),
-            **{f"SAM IoU, up to the Q-stop, margin {m}": margin(tr[: qstop + 1, 0], m) for m in (0.02, 0.05)},
+            **{f"SAM IoU, up to the Q-stop, margin {m}": choose_step(p["trace"][: qstop + 1], "iou", m)
+               for m in (0.02, 0.05)},  # DefenderConfig.iou_margin, as the defender applies it
             "SAM IoU, whole budget": int(tr[:, 0].argmax()),
             "reference + IoU, whole budget": best(len(q), score + tr[:, 0]),
             "GT-best state (ceiling)": int(np.argmax(p["dice"]))}
