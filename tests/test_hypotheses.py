@@ -50,7 +50,7 @@ def test_hypotheses_in_cache_keys():
     from ppd.evaluate.keys import agent_sha, refine_settings
 
     assert "hypotheses" not in refine_settings(None) and refine_settings(None, {"hypotheses": 8})["hypotheses"] == 8
-    assert refine_settings(None, {"hypotheses": 8})["hypotheses_select"] == "lowres"  # not session 17's rows
+    assert refine_settings(None, {"hypotheses": 8})["hypotheses_select"] == "lowres-valid"  # not 17-18's rows
     assert agent_sha(None, "defender") == agent_sha(None, "defender", {"hypotheses": 0})
     assert agent_sha(None, "defender") != agent_sha(None, "defender", {"hypotheses": 8})
 

@@ -279,8 +279,8 @@ class Defender:
             if key not in done:
                 done[key] = self._remove(frame, graph, pts, lab, reference, budget, c, False)
             cands.append(done[key])
-        valid = tuple(-(-n // 4) for n in frame.input_size)  # the image's part of SAM's 256x256 low-res grid
-        res = cands[medoid([low[: valid[0], : valid[1]] for _, low in cands])][0]
+        vh, vw = frame.lowres_valid_shape  # the image's part of SAM's 256x256 low-res grid
+        res = cands[medoid([low[:vh, :vw] for _, low in cands])][0]
         res.mask = self.seg.decode(frame, pts[res.kept], res.labels[res.kept]).mask
         res.relabeled = res.labels != labs
         res.stop_reason += f"; {int(res.relabeled.sum())} label(s) changed by the medoid of {len(cands)} hypotheses"

@@ -25,6 +25,9 @@ class EvalConfig:
     # fm-kmeans and fm-ppd: this many start sets (flipped references, then other k-means seeds), their
     # masks voted pixel-wise (ppd.oneshot.OneShot's ``votes``); other methods read the first set only
     votes: int = 1
+    # methods that refine a one-shot start set (fm-ppd, fm-random, fm-ppd-union, ideal-attacked-defended-ref):
+    # the defender first adapted to each reference for this many decodes (ppd.train.adapt; 0 = off)
+    adapt: int = 0
     # part of every cache key: bump it when a method's definition changes (the defender's
     # weights and inference settings are in the keys of the rows that use it)
     version: int = 1
@@ -52,7 +55,18 @@ def config_key(cfg: EvalConfig) -> dict:
         from ppd.oneshot import VOTE_PLAN
 
         d["vote_plan"] = VOTE_PLAN
+    if d["adapt"] == 0:  # added in session 19
+        del d["adapt"]
+    else:
+        d["adapt"] = adapt_config(cfg).key()
     return d
+
+
+def adapt_config(cfg: EvalConfig):
+    """The test-time adaptation a run's defended one-shot methods use (its seed is the run's)."""
+    from ppd.train.adapt import AdaptConfig
+
+    return AdaptConfig(decodes=cfg.adapt, seed=cfg.seed)
 
 
 class ResultCache:
@@ -117,6 +131,6 @@ def refine_settings(spec=None, overrides: dict | None = None) -> dict:
     for name, default in (("iou_margin", 0.0), ("hypotheses", 0)):  # added in sessions 7 and 17: rows made
         if d.get(name) == default:                                    # before keep their keys
             del d[name]
-    if d.get("hypotheses"):  # session 18 compares the candidates on low-res masks: session 17's rows are not reused
-        d["hypotheses_select"] = "lowres"
+    if d.get("hypotheses"):  # candidates compared on low-res masks (session 18), cropped to Frame.lowres_valid_shape
+        d["hypotheses_select"] = "lowres-valid"  # (session 19): rows of sessions 17-18 are not reused
     return d
