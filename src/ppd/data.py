@@ -57,6 +57,27 @@ class Sample:
         return p if p.is_file() else None
 
 
+@dataclass(frozen=True, eq=False)
+class ArraySample:
+    """An image / mask pair held in memory (a one-shot reference's views for test-time adaptation,
+    :mod:`ppd.train.adapt`): what the game reads of a :class:`Sample`, without files."""
+
+    dataset: str
+    id: str
+    pixels: np.ndarray
+    mask_array: np.ndarray
+    split: str = "reference"
+
+    def image(self) -> np.ndarray:
+        return self.pixels
+
+    def mask(self) -> np.ndarray:
+        return self.mask_array
+
+    def labels_path(self) -> None:
+        return None
+
+
 def read_manifest(root: str | os.PathLike | None = None) -> list[Sample]:
     """All rows of ``root/manifest.csv`` as :class:`Sample` (paths resolved under ``root``)."""
     root = Path(root) if root is not None else default_root()

@@ -17,6 +17,7 @@ import warnings
 
 from ppd.cli.common import (  # noqa: F401
     DEFENDER_OPT_HELP,
+    adapt_opt,
     cycle_opt,
     instances_opt,
     output_stems,
@@ -122,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     cycle_opt(o)
     instances_opt(o)
     votes_opt(o)
+    adapt_opt(o)
     o.add_argument("--seed", type=int, default=0)
     sam_opts(o)
     o.set_defaults(func=cmd_oneshot)
@@ -186,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("-k", type=int, default=10, help="prompts kept per class by k-means (default 10)")
     ev.add_argument("--attack-steps", type=int, default=8, help="attacker moves for ideal-attacked (default 8)")
     votes_opt(ev)
+    adapt_opt(ev)
     cycle_opt(ev)
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--base", metavar="DIR", help="an earlier --out of the same protocol: its rows stand for the "

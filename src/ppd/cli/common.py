@@ -198,3 +198,22 @@ def expand_targets(items: list[str]) -> list[str]:
         else:
             out.append(item)
     return out
+
+
+def adapt_opt(sp) -> None:
+    """--adapt [--adapt-decodes N]: test-time adaptation of the defender to the one-shot reference."""
+    sp.add_argument("--adapt", action="store_true",
+                    help="first adapt the defender to the reference: the training game played on its 8 "
+                         "rotated / mirrored views, from the given agents (~30-60 s per reference on a CPU; "
+                         "ppd.train.adapt)")
+    sp.add_argument("--adapt-decodes", type=int, metavar="N",
+                    help="SAM decodes of that game (implies --adapt; default 1500)")
+
+
+def adapt_config(args, seed: int = 0):
+    """The :class:`ppd.train.adapt.AdaptConfig` of --adapt / --adapt-decodes, or None."""
+    if not args.adapt and args.adapt_decodes is None:
+        return None
+    from ppd.train.adapt import AdaptConfig
+
+    return AdaptConfig(seed=seed) if args.adapt_decodes is None else AdaptConfig(decodes=args.adapt_decodes, seed=seed)

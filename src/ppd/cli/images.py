@@ -22,6 +22,7 @@ from ppd.cli.common import (
     _segmenter,
     _write_outputs,
     _write_refined,
+    adapt_config,
     expand_targets,
     output_stems,
     read_prompts_json,
@@ -190,8 +191,16 @@ def cmd_oneshot(args) -> int:
     check_k(args.k, None if args.no_defender else _defender_rows(args.defender), ", or --no-defender")
     check_votes(args.votes)
     opts = _defender_opts(args)
+    adapt = adapt_config(args, args.seed)
+    if adapt is not None and args.no_defender:
+        raise ConfigError("--adapt adapts the defender: it cannot go with --no-defender")
     out = OutputDir(args.out)
     agent = None if args.no_defender else load_agent(args.defender, "defender")
+    attacker = None
+    if adapt is not None:  # checked before SAM loads
+        from ppd.train.adapt import attacker_beside
+
+        attacker = load_agent(attacker_beside(args.defender), "attacker")
     if agent is not None:
         check_k(args.k, agent.rows, ", or --no-defender")
     ref = read_image(args.ref)
@@ -205,7 +214,13 @@ def cmd_oneshot(args) -> int:
             _say(f"{t}: shares its file name with another target; its outputs are named {stem}.*")
     _say("loading SAM ...")
     seg = _segmenter(args)
-    pipe = OneShot(seg, None if agent is None else Defender(agent, segmenter=seg, **opts), k=args.k,
+    defender = None if agent is None else Defender(agent, segmenter=seg, **opts)
+    if adapt is not None:
+        from ppd.train.adapt import adapt_defender
+
+        _say(f"adapting the defender to the reference ({adapt.decodes} decodes) ...")
+        defender = adapt_defender(defender, ref, ref_mask, attacker, adapt, progress=True)
+    pipe = OneShot(seg, defender, k=args.k,
                    cycle=args.cycle, seed=args.seed, instances=args.instances, votes=args.votes)
     _say("embedding the reference ...")
     pipe.set_reference(ref, ref_mask)

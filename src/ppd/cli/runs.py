@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ppd.cli.common import _defender_opts, _segmenter
+from ppd.cli.common import _defender_opts, _segmenter, adapt_config
 from ppd.errors import ConfigError
 
 
@@ -124,7 +124,9 @@ def cmd_eval(args) -> int:
 
         executor = ray_executor(settings, seg_spec(args))
     methods = None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
+    adapt = adapt_config(args, args.seed)
     cfg = harness.EvalConfig(k=args.k, seed=args.seed, attack_steps=args.attack_steps, votes=args.votes,
+                             adapt=0 if adapt is None else adapt.decodes,
                              **({} if args.cycle is None else {"cycle": args.cycle}))
     cache_root = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     rows, summary = harness.run(args.data, args.dataset, args.split, methods, references=args.references,

@@ -35,7 +35,7 @@ import numpy as np
 from ppd.data import Sample
 from ppd.errors import ConfigError, DataError
 from ppd.evaluate.agents import Agents
-from ppd.evaluate.keys import EvalConfig, ResultCache, agent_sha, config_key, refine_settings  # noqa: F401
+from ppd.evaluate.keys import EvalConfig, ResultCache, adapt_config, agent_sha, config_key, refine_settings  # noqa: F401
 from ppd.evaluate.methods import METHODS, TRAINING_FREE, RefJob, TargetJob, target_name  # noqa: F401
 from ppd.evaluate.tables import Row, Summary, format_table, read_base, summarize, write_outputs  # noqa: F401
 from ppd.game.objects import WHOLE, ObjectConfig, ObjectSource
@@ -112,7 +112,8 @@ class Harness:
                        "attacker": agent_sha(attacker, "attacker") if uses_a else None}
         if "ideal-attacked-untrained" in methods:  # seeded (the seed is in the key), shaped and set like the defender
             self.hashes["untrained"] = hashlib.sha256(b"untrained|" + self.hashes["defender"].encode()).hexdigest()
-        self.agents = Agents(segmenter, defender, attacker, self.defender_opts, cfg.seed)
+        self.agents = Agents(segmenter, defender, attacker, self.defender_opts, cfg.seed,
+                             adapt=adapt_config(cfg) if cfg.adapt else None)
         self._files: dict[Path, str] = {}
         self._per_target: dict = {}  # the current target's frame and objects, shared by its object units
 
@@ -130,6 +131,8 @@ class Harness:
         if not m.votes:  # only these read ``votes``: the others keep their rows whatever it is
             cfg.pop("votes", None)
             cfg.pop("vote_plan", None)
+        if not (m.defender and m.reference):  # only these refine with a defender adapted to the reference
+            cfg.pop("adapt", None)
         parts = {"method": method, "cfg": cfg, "sam": self.hashes["sam"],
                  "target": [self._sha(target.image_path), self._sha(target.mask_path)],
                  "ref": [self._sha(ref.image_path), self._sha(ref.mask_path)] if ref is not None else None,
@@ -238,6 +241,8 @@ class Harness:
                 job.attacked()  # ideal prompts and attack: built outside the method's window (charged as shared_s)
             elif rj is not None:
                 _ = rj.proposal  # likewise the proposal every fm-* method shares (Proposal.thin_s)
+                if METHODS[m].defender:
+                    self.agents.defender_for(r)  # and the adaptation to the reference (once per reference)
             t1 = time.perf_counter()
             out = METHODS[m].run(job, rj)
             self.cache.put(Row(t.dataset, m, r.id if r else "-", job.name, dice(out.mask, gt), iou(out.mask, gt),
@@ -328,6 +333,8 @@ def run(data_root=None, dataset: str | None = None, split: str = "eval", methods
                 "encoder": getattr(seg, "encoder", "eager"),
                 "runner": runner or {"process": "serial", "threads": _threads()},
                 "cache_hits": harness.cache.hits}
+        if harness.agents.adapt_seconds:  # per reference adapted in this process (not under --ray, nor from the cache)
+            info["adapt_seconds"] = harness.agents.adapt_seconds
         with out:
             write_outputs(out.ensure(), rows, summary, info)
     return rows, summary

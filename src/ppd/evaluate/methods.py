@@ -173,7 +173,7 @@ def ideal_attacked_defended(t: TargetJob, r: None) -> Outcome:
 def ideal_attacked_defended_ref(t: TargetJob, r: RefJob) -> Outcome:
     """The same attacked set, but the defender is shown a one-shot reference (the attacker was not)."""
     _, att, setup = t.attacked()
-    d = t.agents.defender
+    d = t.agents.defender_for(r.sample)
     res = d.refine_frame(t.frame, att.points, att.labels, reference=r.ref.graph_reference(d.config.graph_grid))
     return Outcome(res.mask, len(att), int(res.kept.sum()), setup)
 
@@ -226,8 +226,9 @@ def fm_kmeans(t: TargetJob, r: RefJob) -> Outcome:
 
 
 def _defend(t: TargetJob, r: RefJob, s: StartSet | None = None):
-    """The defender on ``s`` (on its own frame), or on the first start set."""
-    d = t.agents.defender
+    """The defender on ``s`` (on its own frame), or on the first start set; adapted to the reference when
+    ``EvalConfig.adapt`` says so."""
+    d = t.agents.defender_for(r.sample)
     p, view, frame = (r.proposal, r.ref, t.frame) if s is None else (s.proposal, s.ref, s.frame)
     return d.refine_frame(frame, p.points, p.labels, reference=view.graph_reference(d.config.graph_grid))
 

@@ -4,6 +4,7 @@ lockstep, learning as transitions arrive, checkpointed atomically for ``--resume
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import shutil
@@ -32,12 +33,15 @@ def _mean_finite(xs: list[float]) -> float:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, samples, out: str | os.PathLike, segmenter=None, progress: bool = True,
-                 command: str | None = None) -> None:
+    def __init__(self, cfg: TrainConfig, samples, out: str | os.PathLike | None, segmenter=None,
+                 progress: bool = True, command: str | None = None, start: dict[str, DQNAgent] | None = None) -> None:
+        """``out`` None: nothing is written (test-time adaptation keeps the agents in memory). ``start``: the
+        agents to fine-tune from, by role, in memory (else ``cfg.init``'s files, if set)."""
         from ppd.sam import Segmenter
 
-        self.cfg, self.out, self.progress = cfg, Path(out), progress
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.cfg, self.out, self.progress = cfg, None if out is None else Path(out), progress
+        if self.out is not None:
+            self.out.mkdir(parents=True, exist_ok=True)
         self.command = command or " ".join(sys.argv)
         seg = segmenter or Segmenter(precision=cfg.game.precision)
         if "mp" in (cfg.attacker.arch, cfg.defender.arch) and not cfg.game.pair_obs:
@@ -53,12 +57,13 @@ class Trainer:
         self.attacker = DQNAgent.for_env(self.att_envs[0], cfg.attacker, seed=cfg.seed)
         self.defender = DQNAgent.for_env(self.def_envs[0], cfg.defender, seed=cfg.seed + 1)
         self.inherited: dict[str, dict] = {}  # inference settings of the agents fine-tuned from (kept on save)
-        if cfg.init is not None:
+        if cfg.init is not None or start is not None:
             for agent in (self.attacker, self.defender):
-                start = DQNAgent.load(init_path(cfg.init, agent.role), expect_role=agent.role)
-                agent.start_from(start)
-                if (getattr(start, "meta", None) or {}).get("inference"):
-                    self.inherited[agent.role] = start.meta["inference"]
+                first = start[agent.role] if start is not None else DQNAgent.load(init_path(cfg.init, agent.role),
+                                                                                  expect_role=agent.role)
+                agent.start_from(first)
+                if (getattr(first, "meta", None) or {}).get("inference"):
+                    self.inherited[agent.role] = first.meta["inference"]
         self.round = self.env_steps = self.decodes = 0
         self.seconds = 0.0
         self.rng = np.random.default_rng(cfg.seed + 99)
@@ -144,13 +149,14 @@ class Trainer:
         from tqdm.auto import tqdm
 
         cfg = self.cfg
-        log_path = self.out / "log.csv"
-        new_log = not log_path.exists()
+        persist = self.out is not None
+        log_path = self.out / "log.csv" if persist else None
+        new_log = not persist or not log_path.exists()
         last_ckpt = time.perf_counter()
         t_start = self._t_start = time.perf_counter() - self.seconds
         bar = tqdm(total=cfg.decode_budget, initial=self.decodes, desc="training (decodes)", unit="dec",
                    disable=not self.progress)
-        with open(log_path, "a", newline="") as f:
+        with open(log_path, "a", newline="") if persist else io.StringIO() as f:
             w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
             if new_log:
                 w.writeheader()
@@ -169,13 +175,14 @@ class Trainer:
                 bar.update(self.decodes - d0)
                 bar.set_postfix(eps=f"{self.epsilon:.2f}", att=f"{row['dice_attacked']:.2f}",
                                 dfd=f"{row['dice_defended']:.2f}", hit=f"{m.hit_rate:.2f}")
-                if time.perf_counter() - last_ckpt > 60 * cfg.checkpoint_minutes:
+                if persist and time.perf_counter() - last_ckpt > 60 * cfg.checkpoint_minutes:
                     self.save_checkpoint()
                     last_ckpt = time.perf_counter()
         bar.close()
-        self.save_checkpoint()
-        self.save_agents()
-        plot_curves(log_path, self.out / "curves.png")
+        if persist:
+            self.save_checkpoint()
+            self.save_agents()
+            plot_curves(log_path, self.out / "curves.png")
 
     # ------------------------------------------------------------------ persistence
     def save_agents(self) -> None:

@@ -1,0 +1,98 @@
+"""Test-time adaptation of the defender to the one-shot reference (ppd.train.adapt, session 19)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import pick
+from ppd.cli import main
+from ppd.errors import CheckpointError, ConfigError
+from ppd.refine import Defender, load_agent
+from ppd.train.adapt import AdaptConfig, adapt, adapt_defender, attacker_beside, dihedral_views
+
+QUICK = AdaptConfig(decodes=300)  # a few dozen gradient steps: the mechanics, quickly
+
+
+def test_dihedral_views_follow_image_and_mask():
+    image = np.arange(5 * 7 * 3, dtype=np.uint8).reshape(5, 7, 3)
+    mask = np.zeros((5, 7), bool)
+    mask[0, :2] = True
+    views = dihedral_views(image, mask)
+    assert len(views) == 8 and np.array_equal(views[0][0], image) and np.array_equal(views[0][1], mask)
+    assert len({v.tobytes() + str(v.shape).encode() for v, _ in views}) == 8  # all different
+    for im, m in views:  # the mask moved with its pixels: the masked pixels are the same values
+        assert sorted(im[m].reshape(-1).tolist()) == sorted(image[mask].reshape(-1).tolist())
+        assert im.flags.c_contiguous and m.shape == im.shape[:2]
+
+
+def test_adapt_config_refuses_what_cannot_train():
+    for bad in ({"decodes": 100}, {"decodes": 256}, {"decodes": 1.5e3}, {"eps_start": 2.0},
+                {"learning_starts": 0}, {"decodes": 300, "learning_starts": 400}):
+        with pytest.raises(ConfigError):
+            AdaptConfig(**bad)
+    assert AdaptConfig().key() == {"decodes": 1500, "eps_start": 0.3, "learning_starts": 256, "seed": 0}
+    with pytest.raises(CheckpointError, match="attacker"):
+        attacker_beside("somewhere/defender")
+
+
+def test_adapt_fine_tunes_a_copy_on_the_reference(segmenter, manifest):
+    """Through the real MobileSAM on a Kvasir val reference: the defender returned is trained (its weights
+    moved), the one given is untouched, its inference settings travel along, and the same seed gives the
+    same weights."""
+    ref, tgt = pick(manifest, "kvasir", "val", 2)
+    shipped = load_agent(None, "defender")
+    before = {k: v.clone() for k, v in shipped.q.state_dict().items()}
+    attacker = load_agent(attacker_beside(None), "attacker")
+    out = adapt(shipped, attacker, ref.image(), ref.mask(), segmenter, QUICK)
+    assert out is not shipped and out.buffer is None
+    assert all(torch.equal(before[k], v) for k, v in shipped.q.state_dict().items())
+    moved = sum(float((before[k] - v).abs().sum()) for k, v in out.q.state_dict().items())
+    assert moved > 0
+    assert out.meta["inference"] == shipped.meta["inference"] and out.meta["adapted"]["decodes_run"] >= 300
+    again = adapt(shipped, attacker, ref.image(), ref.mask(), segmenter, QUICK)
+    assert all(torch.equal(v, again.q.state_dict()[k]) for k, v in out.q.state_dict().items())
+    d = Defender(out, segmenter=segmenter)
+    d.set_image(tgt.image())
+    assert d.refine(np.array([[40.0, 40.0], [200.0, 150.0]]), np.array([1, 0])).mask.shape == tgt.mask().shape
+
+
+def test_oneshot_and_eval_with_adapt(tmp_path, segmenter, manifest, cache_dir, monkeypatch, capsys):
+    """``ppd oneshot --adapt`` writes what the API gives with the adapted defender, and ``ppd eval --adapt``
+    scores that same mask; its rows are keyed apart from the plain defender's, the training-free ones are not.
+    Bad settings: one line, exit 2, before SAM loads."""
+    from ppd.evaluate.harness import Harness
+    from ppd.evaluate.keys import EvalConfig, config_key
+    from ppd.metrics import dice
+    from ppd.oneshot import OneShot
+
+    monkeypatch.setenv("PPD_CACHE_DIR", str(cache_dir))
+    ref, tgt = pick(manifest, "kvasir", "val", 2)
+    flags = ["--adapt-decodes", "300"]
+    out = tmp_path / "one"
+    assert main(["oneshot", "--ref", str(ref.image_path), "--ref-mask", str(ref.mask_path), "--target",
+                 str(tgt.image_path), "--out", str(out), *flags]) == 0
+    assert "adapting the defender" in capsys.readouterr().err
+    cli_mask = np.asarray(Image.open(out / f"{tgt.id}.mask.png")) > 0
+    # the API: the same adaptation (the CLI's seed and warm-up are the defaults), then the usual pipeline
+    cfg = AdaptConfig(decodes=300)
+    pipe = OneShot(segmenter, adapt_defender(Defender(segmenter=segmenter), ref.image(), ref.mask(), config=cfg))
+    pipe.set_reference(ref.image(), ref.mask())
+    api_mask = pipe.run(tgt.image()).mask
+    assert np.array_equal(cli_mask, api_mask)
+    plain, adapted = (Harness(segmenter, ["fm-kmeans", "fm-ppd"], EvalConfig(adapt=a)) for a in (0, 300))
+    rows = adapted.run([ref], [tgt], progress=False)
+    assert next(r for r in rows if r.method == "fm-ppd").dice == pytest.approx(dice(api_mask, tgt.mask()))
+    assert config_key(EvalConfig(adapt=300))["adapt"] == cfg.key() and "adapt" not in config_key(EvalConfig())
+    assert plain.key("fm-kmeans", tgt, ref) == adapted.key("fm-kmeans", tgt, ref)
+    assert plain.key("fm-ppd", tgt, ref) != adapted.key("fm-ppd", tgt, ref)
+    for bad in (["--adapt-decodes", "50"], ["--adapt", "--no-defender"]):
+        rc = main(["oneshot", "--ref", "x.jpg", "--ref-mask", "x.png", "--target", "y.jpg", "--out",
+                   str(tmp_path / "bad"), *bad])
+        err = capsys.readouterr().err
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and "adapt" in err
+    assert main(["eval", "--dataset", "kvasir", "--split", "val", "--out", str(tmp_path / "bad"),
+                 "--adapt-decodes", "10"]) == 2
+    assert not (tmp_path / "bad").exists()
