@@ -9,7 +9,7 @@ from PIL import Image
 
 from conftest import pick
 from ppd.cli import main
-from ppd.errors import CheckpointError, ConfigError
+from ppd.errors import CheckpointError, ConfigError, InvalidMaskError
 from ppd.refine import Defender, load_agent
 from ppd.train.adapt import AdaptConfig, adapt, adapt_defender, attacker_beside, dihedral_views
 
@@ -36,6 +36,10 @@ def test_adapt_config_refuses_what_cannot_train():
     assert AdaptConfig().key() == {"decodes": 1500, "eps_start": 0.3, "learning_starts": 256, "seed": 0}
     with pytest.raises(CheckpointError, match="attacker"):
         attacker_beside("somewhere/defender")
+    d, image = load_agent(None, "defender"), np.zeros((32, 48, 3), np.uint8)
+    for bad_mask in (np.zeros((32, 48), bool), np.ones((48, 32), bool)):  # empty; another size: before any work
+        with pytest.raises(InvalidMaskError):
+            adapt(d, load_agent(None, "attacker"), image, bad_mask, segmenter=None)
 
 
 def test_adapt_fine_tunes_a_copy_on_the_reference(segmenter, manifest):
