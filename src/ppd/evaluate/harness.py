@@ -241,8 +241,8 @@ class Harness:
                 job.attacked()  # ideal prompts and attack: built outside the method's window (charged as shared_s)
             elif rj is not None:
                 _ = rj.proposal  # likewise the proposal every fm-* method shares (Proposal.thin_s)
-                if METHODS[m].defender:
-                    self.agents.defender_for(r)  # and the adaptation to the reference (once per reference)
+            if rj is not None and METHODS[m].defender:
+                self.agents.defender_for(r)  # and the adaptation to the reference (once per reference; run.json)
             t1 = time.perf_counter()
             out = METHODS[m].run(job, rj)
             self.cache.put(Row(t.dataset, m, r.id if r else "-", job.name, dice(out.mask, gt), iou(out.mask, gt),
