@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from conftest import pick
+from ppd.agents import shipped_agent_path
 from ppd.cli import main
 from ppd.errors import CheckpointError, ConfigError, InvalidMaskError
 from ppd.refine import Defender, load_agent
@@ -99,4 +102,12 @@ def test_oneshot_and_eval_with_adapt(tmp_path, segmenter, manifest, cache_dir, m
         assert rc == 2 and len(err.strip().splitlines()) == 1 and "adapt" in err
     assert main(["eval", "--dataset", "kvasir", "--split", "val", "--out", str(tmp_path / "bad"),
                  "--adapt-decodes", "10"]) == 2
+    lone = tmp_path / "lone"  # a defender without the attacker it was trained with
+    lone.mkdir()
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(shipped_agent_path("defender").with_suffix(suffix), lone / f"defender{suffix}")
+    capsys.readouterr()
+    assert main(["eval", "--dataset", "kvasir", "--split", "val", "--methods", "fm-ppd", "--defender",
+                 str(lone / "defender"), "--adapt", "--out", str(tmp_path / "bad")]) == 2
+    assert "attacker" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()

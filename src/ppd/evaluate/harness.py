@@ -298,6 +298,10 @@ def run(data_root=None, dataset: str | None = None, split: str = "eval", methods
         from ppd.refine import load_agent
 
         check_k(cfg.k, load_agent(defender, "defender").rows)
+        if cfg.adapt:  # the attacker the adaptation game needs: refused now, not after SAM has loaded
+            from ppd.train.adapt import attacker_beside
+
+            attacker_beside(defender)
     samples = data.load_dataset(data_root, split=split)
     names = sorted({s.dataset for s in samples})
     if dataset is None:

@@ -25,7 +25,7 @@ from ppd.train.trainer import Trainer
 
 @dataclass(frozen=True)
 class AdaptConfig:
-    decodes: int = 1500  # SAM decodes of the game on the reference's views (~30-40 s on 2 CPU cores)
+    decodes: int = 1500  # SAM decodes of the game on the reference's views (43-47 s on 2 CPU cores, fp32)
     eps_start: float = 0.3  # exploration at the start, as the fine-tunes of docs/TRAINING.md
     learning_starts: int = 256  # transitions before the first gradient step (ppd train's 1000 left ~60 steps)
     seed: int = 0
