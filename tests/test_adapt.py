@@ -14,7 +14,7 @@ from ppd.agents import shipped_agent_path
 from ppd.cli import main
 from ppd.errors import CheckpointError, ConfigError, InvalidMaskError
 from ppd.refine import Defender, load_agent
-from ppd.train.adapt import AdaptConfig, adapt, adapt_defender, attacker_beside, dihedral_views
+from ppd.train.adapt import AdaptConfig, adapt, adapt_defender, attacker_beside, dihedral_views, practice_views
 
 QUICK = AdaptConfig(decodes=300)  # a few dozen gradient steps: the mechanics, quickly
 
@@ -29,6 +29,31 @@ def test_dihedral_views_follow_image_and_mask():
     for im, m in views:  # the mask moved with its pixels: the masked pixels are the same values
         assert sorted(im[m].reshape(-1).tolist()) == sorted(image[mask].reshape(-1).tolist())
         assert im.flags.c_contiguous and m.shape == im.shape[:2]
+
+
+def test_jittered_views_crop_and_recolour_with_their_masks():
+    """``views="jitter"``: the first view is the reference as it is, the others are dihedral views cropped
+    (keeping at least half the object) and re-coloured; each mask is its view's pixels of the object."""
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 100, (60, 80, 3), dtype=np.uint8)
+    mask = np.zeros((60, 80), bool)
+    mask[20:40, 30:60] = True
+    image[mask] = 255  # the object is white: re-colouring is monotone per channel, so it stays the brightest
+    views = practice_views(image, mask, "jitter", seed=3)
+    assert len(views) == 8 and np.array_equal(views[0][0], image) and np.array_equal(views[0][1], mask)
+    dihedral = dihedral_views(image, mask)
+    assert any(v.shape != d.shape for (v, _), (d, _) in zip(views, dihedral))  # some were cropped
+    for (im, m), (d, dm) in zip(views[1:], dihedral[1:]):
+        assert m.shape == im.shape[:2] and im.dtype == np.uint8 and im.flags.c_contiguous
+        assert m.sum() >= 0.5 * mask.sum() and im.shape[0] >= 0.6 * d.shape[0] - 1
+        assert im.mean(axis=2)[m].min() > im.mean(axis=2)[~m].max()  # the mask still covers the object
+        assert not np.array_equal(im, d)
+    again = practice_views(image, mask, "jitter", seed=3)
+    assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(views, again))  # seeded
+    assert practice_views(image, mask, "dihedral")[3][0].tobytes() == dihedral[3][0].tobytes()
+    assert AdaptConfig(views="jitter").key()["views"] == "jitter" and "views" not in AdaptConfig().key()
+    with pytest.raises(ConfigError, match="views"):
+        AdaptConfig(views="crops")
 
 
 def test_adapt_config_refuses_what_cannot_train():

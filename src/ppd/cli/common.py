@@ -208,12 +208,16 @@ def adapt_opt(sp) -> None:
                          "ppd.train.adapt)")
     sp.add_argument("--adapt-decodes", type=int, metavar="N",
                     help="SAM decodes of that game (implies --adapt; default 1500)")
+    sp.add_argument("--adapt-views", choices=("dihedral", "jitter"),
+                    help="the images that game is played on: the reference's 8 rotated / mirrored views "
+                         "(default), or those views also cropped and re-coloured (implies --adapt)")
 
 
 def adapt_config(args, seed: int = 0):
     """The :class:`ppd.train.adapt.AdaptConfig` of --adapt / --adapt-decodes, or None."""
-    if not args.adapt and args.adapt_decodes is None:
+    if not args.adapt and args.adapt_decodes is None and args.adapt_views is None:
         return None
     from ppd.train.adapt import AdaptConfig
 
-    return AdaptConfig(seed=seed) if args.adapt_decodes is None else AdaptConfig(decodes=args.adapt_decodes, seed=seed)
+    given = {"decodes": args.adapt_decodes, "views": args.adapt_views}
+    return AdaptConfig(seed=seed, **{k: v for k, v in given.items() if v is not None})

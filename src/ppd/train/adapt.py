@@ -22,6 +22,8 @@ from ppd.io import check_image_array, check_reference_mask
 from ppd.train.config import TrainConfig
 from ppd.train.trainer import Trainer
 
+VIEWS = ("dihedral", "jitter")  # AdaptConfig.views
+
 
 @dataclass(frozen=True)
 class AdaptConfig:
@@ -29,6 +31,9 @@ class AdaptConfig:
     eps_start: float = 0.3  # exploration at the start, as the fine-tunes of docs/TRAINING.md
     learning_starts: int = 256  # transitions before the first gradient step (ppd train's 1000 left ~60 steps)
     seed: int = 0
+    # the practice images: "dihedral" (the reference's 8 rotations / mirror images) or "jitter" (the same
+    # views, all but the first also cropped and re-coloured, so that matches between them fail as real ones do)
+    views: str = "dihedral"
 
     def __post_init__(self) -> None:
         if not isinstance(self.learning_starts, int) or self.learning_starts < 1:
@@ -38,10 +43,16 @@ class AdaptConfig:
                               f"got {self.decodes!r}")
         if not 0.0 <= self.eps_start <= 1.0:
             raise ConfigError(f"adaptation eps_start must be in [0, 1], got {self.eps_start!r}")
+        if self.views not in VIEWS:
+            raise ConfigError(f"adaptation views must be one of {', '.join(VIEWS)}, got {self.views!r}")
 
     def key(self) -> dict:
-        """What enters the eval cache keys of rows made with an adapted defender."""
-        return asdict(self)
+        """What enters the eval cache keys of rows made with an adapted defender (``views`` only when it is
+        not session 19's dihedral views, so those rows keep their keys)."""
+        d = asdict(self)
+        if d["views"] == "dihedral":
+            del d["views"]
+        return d
 
 
 def dihedral_views(image: np.ndarray, mask: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -52,6 +63,44 @@ def dihedral_views(image: np.ndarray, mask: np.ndarray) -> list[tuple[np.ndarray
         out += [(np.ascontiguousarray(im), np.ascontiguousarray(m)),
                 (np.ascontiguousarray(im[:, ::-1]), np.ascontiguousarray(m[:, ::-1]))]
     return out
+
+
+def jittered(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
+             min_side: float = 0.6, min_kept: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """A random crop (each side ``min_side``-1 of the image's, keeping at least ``min_kept`` of the object)
+    with random per-channel gain, contrast and gamma: the reference as another photo of its domain might
+    show it (scale, framing, lighting), its mask moved with it."""
+    h, w = mask.shape
+    area = mask.sum()
+    y0 = x0 = 0
+    ch, cw = h, w
+    for _ in range(20):  # a crop that keeps enough of the object; else the whole view
+        sh, sw = rng.uniform(min_side, 1.0, 2)
+        ch, cw = max(16, int(h * sh)), max(16, int(w * sw))
+        y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        if mask[y0:y0 + ch, x0:x0 + cw].sum() >= min_kept * area:
+            break
+    else:
+        y0 = x0 = 0
+        ch, cw = h, w
+    im = image[y0:y0 + ch, x0:x0 + cw].astype(np.float32) / 255.0
+    im = im * rng.uniform(0.85, 1.15, 3)  # colour cast
+    mean = im.mean()
+    im = mean + (im - mean) * rng.uniform(0.75, 1.25)  # contrast
+    im = np.clip(im, 0.0, 1.0) ** rng.uniform(0.8, 1.25)  # gamma (brightness)
+    out = np.clip(np.rint(im * 255.0), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(out), np.ascontiguousarray(mask[y0:y0 + ch, x0:x0 + cw])
+
+
+def practice_views(image: np.ndarray, mask: np.ndarray, kind: str = "dihedral",
+                   seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The images the adaptation game is played on (:attr:`AdaptConfig.views`); the first is the reference
+    as it is."""
+    views = dihedral_views(image, mask)
+    if kind == "dihedral":
+        return views
+    rng = np.random.default_rng(seed)
+    return views[:1] + [jittered(im, m, rng) for im, m in views[1:]]
 
 
 def attacker_beside(defender_spec) -> Path:
@@ -72,7 +121,8 @@ def adapt(defender: DQNAgent, attacker: DQNAgent, image: np.ndarray, mask: np.nd
     import torch
 
     mask = check_reference_mask(mask, check_image_array(image))
-    samples = [ArraySample("reference", f"view{j}", im, m) for j, (im, m) in enumerate(dihedral_views(image, mask))]
+    views = practice_views(image, mask, config.views, config.seed)
+    samples = [ArraySample("reference", f"view{j}", im, m) for j, (im, m) in enumerate(views)]
     base = TrainConfig()
     cfg = replace(base, decode_budget=config.decodes, max_minutes=60.0, eps_start=config.eps_start, seed=config.seed,
                   game=replace(base.game, dataset_weights={"reference": 1.0}),
