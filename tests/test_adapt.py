@@ -42,16 +42,16 @@ def test_jittered_views_crop_and_recolour_with_their_masks():
     views = practice_views(image, mask, "jitter", seed=3)
     assert len(views) == 8 and np.array_equal(views[0][0], image) and np.array_equal(views[0][1], mask)
     dihedral = dihedral_views(image, mask)
-    assert any(v.shape != d.shape for (v, _), (d, _) in zip(views, dihedral))  # some were cropped
-    for (im, m), (d, dm) in zip(views[1:], dihedral[1:]):
+    assert any(v.shape != d.shape for (v, _), (d, _) in zip(views, dihedral, strict=True))  # some were cropped
+    for (im, m), (d, _) in zip(views[1:], dihedral[1:], strict=True):
         assert m.shape == im.shape[:2] and im.dtype == np.uint8 and im.flags.c_contiguous
         assert m.sum() >= 0.5 * mask.sum() and im.shape[0] >= 0.6 * d.shape[0] - 1
         assert im.mean(axis=2)[m].min() > im.mean(axis=2)[~m].max()  # the mask still covers the object
         assert not np.array_equal(im, d)
     again = practice_views(image, mask, "jitter", seed=3)
-    assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(views, again))  # seeded
+    assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(views, again, strict=True))  # seeded
     assert practice_views(image, mask, "dihedral")[3][0].tobytes() == dihedral[3][0].tobytes()
-    assert AdaptConfig(views="jitter").key()["views"] == "jitter" and "views" not in AdaptConfig().key()
+    assert "views" not in AdaptConfig(views="dihedral").key()
     with pytest.raises(ConfigError, match="views"):
         AdaptConfig(views="crops")
 
@@ -61,7 +61,8 @@ def test_adapt_config_refuses_what_cannot_train():
                 {"learning_starts": 0}, {"decodes": 300, "learning_starts": 400}):
         with pytest.raises(ConfigError):
             AdaptConfig(**bad)
-    assert AdaptConfig().key() == {"decodes": 1500, "eps_start": 0.3, "learning_starts": 256, "seed": 0}
+    assert AdaptConfig().key() == {"decodes": 1500, "eps_start": 0.3, "learning_starts": 256, "seed": 0,
+                                   "views": "jitter"}  # session 19's dihedral rows keep their keys: no "views"
     with pytest.raises(CheckpointError, match="attacker"):
         attacker_beside("somewhere/defender")
     d, image = load_agent(None, "defender"), np.zeros((32, 48, 3), np.uint8)
@@ -118,9 +119,11 @@ def test_oneshot_and_eval_with_adapt(tmp_path, segmenter, manifest, cache_dir, m
     rows = adapted.run([ref], [tgt], progress=False)
     assert next(r for r in rows if r.method == "fm-ppd").dice == pytest.approx(dice(api_mask, tgt.mask()))
     assert config_key(EvalConfig(adapt=300))["adapt"] == cfg.key() and "adapt" not in config_key(EvalConfig())
+    assert "views" not in config_key(EvalConfig(adapt=300, adapt_views="dihedral"))["adapt"]  # session 19's rows
     assert plain.key("fm-kmeans", tgt, ref) == adapted.key("fm-kmeans", tgt, ref)
     assert plain.key("fm-ppd", tgt, ref) != adapted.key("fm-ppd", tgt, ref)
-    for bad in (["--adapt-decodes", "50"], ["--adapt", "--no-defender"]):
+    for bad in (["--adapt-decodes", "50"], ["--adapt", "--no-defender"], ["--adapt-views", "crops"],
+                ["--adapt-views", "jitter", "--no-defender"]):
         rc = main(["oneshot", "--ref", "x.jpg", "--ref-mask", "x.png", "--target", "y.jpg", "--out",
                    str(tmp_path / "bad"), *bad])
         err = capsys.readouterr().err

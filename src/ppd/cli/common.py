@@ -204,13 +204,14 @@ def adapt_opt(sp) -> None:
     """--adapt [--adapt-decodes N]: test-time adaptation of the defender to the one-shot reference."""
     sp.add_argument("--adapt", action="store_true",
                     help="first adapt the defender to the reference: the training game played on its 8 "
-                         "rotated / mirrored views, from the given agents (~30-60 s per reference on a CPU; "
-                         "ppd.train.adapt)")
+                         "rotated / mirrored, cropped and re-coloured views, from the given agents "
+                         "(~30-60 s per reference on a CPU; ppd.train.adapt)")
     sp.add_argument("--adapt-decodes", type=int, metavar="N",
                     help="SAM decodes of that game (implies --adapt; default 1500)")
-    sp.add_argument("--adapt-views", choices=("dihedral", "jitter"),
-                    help="the images that game is played on: the reference's 8 rotated / mirrored views "
-                         "(default), or those views also cropped and re-coloured (implies --adapt)")
+    sp.add_argument("--adapt-views", choices=("jitter", "dihedral"),
+                    help="the images that game is played on: the reference's 8 rotated / mirrored views, "
+                         "also cropped and re-coloured (jitter, the default), or as they are (dihedral); "
+                         "implies --adapt")
 
 
 def adapt_config(args, seed: int = 0):

@@ -28,7 +28,7 @@ class EvalConfig:
     # methods that refine a one-shot start set (fm-ppd, fm-random, fm-ppd-union, ideal-attacked-defended-ref):
     # the defender first adapted to each reference for this many decodes (ppd.train.adapt; 0 = off)
     adapt: int = 0
-    adapt_views: str = "dihedral"  # the practice images of that adaptation (ppd.train.adapt.VIEWS)
+    adapt_views: str = "jitter"  # the practice images of that adaptation (ppd.train.adapt.AdaptConfig.views)
     # part of every cache key: bump it when a method's definition changes (the defender's
     # weights and inference settings are in the keys of the rows that use it)
     version: int = 1

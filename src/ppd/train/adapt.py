@@ -1,11 +1,13 @@
 """Test-time adaptation to the one-shot reference: the adversarial game played on the reference itself.
 
 A one-shot user gives one labelled image of their domain. It is a training image the shipped agents
-never saw: its eight dihedral views (four rotations, each also mirrored) are played as the training
-game (:class:`ppd.train.Trainer`: attacker episodes, defender episodes from attacked sets and from
-one-shot start sets matched between the views), fine-tuning both agents from the given ones for a
-small decode budget. The adapted defender then refines the targets' start sets as usual; the
-attacker is discarded. Nothing is written to disk. Chosen on val in session 19 (docs/TRAINING.md).
+never saw: eight practice views of it (four rotations, each also mirrored; all but the first also
+randomly cropped and re-coloured, :func:`practice_views`) are played as the training game
+(:class:`ppd.train.Trainer`: attacker episodes, defender episodes from attacked sets and from one-shot
+start sets matched between the views), fine-tuning both agents from the given ones for a small decode
+budget. The adapted defender then refines the targets' start sets as usual; the attacker is discarded.
+Nothing is written to disk. Chosen on val in sessions 19 (the game, its budget) and 20 (the crops and
+colour changes: without them, matches between views are too easy; docs/TRAINING.md).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from ppd.io import check_image_array, check_reference_mask
 from ppd.train.config import TrainConfig
 from ppd.train.trainer import Trainer
 
-VIEWS = ("dihedral", "jitter")  # AdaptConfig.views
+VIEWS = ("jitter", "dihedral")  # AdaptConfig.views
 
 
 @dataclass(frozen=True)
@@ -31,9 +33,10 @@ class AdaptConfig:
     eps_start: float = 0.3  # exploration at the start, as the fine-tunes of docs/TRAINING.md
     learning_starts: int = 256  # transitions before the first gradient step (ppd train's 1000 left ~60 steps)
     seed: int = 0
-    # the practice images: "dihedral" (the reference's 8 rotations / mirror images) or "jitter" (the same
-    # views, all but the first also cropped and re-coloured, so that matches between them fail as real ones do)
-    views: str = "dihedral"
+    # the practice images: "jitter" (the reference's 8 rotations / mirror images, all but the first also
+    # cropped and re-coloured, so that matches between them fail as real ones do; chosen on val in session 20)
+    # or "dihedral" (those views as they are; session 19)
+    views: str = "jitter"
 
     def __post_init__(self) -> None:
         if not isinstance(self.learning_starts, int) or self.learning_starts < 1:
@@ -92,7 +95,7 @@ def jittered(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
     return np.ascontiguousarray(out), np.ascontiguousarray(mask[y0:y0 + ch, x0:x0 + cw])
 
 
-def practice_views(image: np.ndarray, mask: np.ndarray, kind: str = "dihedral",
+def practice_views(image: np.ndarray, mask: np.ndarray, kind: str = "jitter",
                    seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """The images the adaptation game is played on (:attr:`AdaptConfig.views`); the first is the reference
     as it is."""
