@@ -340,3 +340,53 @@ def test_the_reference_image_is_never_evicted(client):
     assert client.get(ref["url"]).status_code == 200  # the reference stayed
     r = client.post(f"/api/sessions/{sid}/images/{opened[-1]['image']}/defend", json={"points": [[60, 60]]})
     assert r.status_code == 200 and r.json()["used_reference"] is True
+
+
+def test_oneshot_with_adapt_matches_the_api(segmenter, defender):
+    """``adapt`` in a one-shot request: the defender is adapted to the session's reference once (the
+    same weights as :func:`ppd.train.adapt.adapt_defender` gives), reused for later targets, and made
+    again when the reference changes. A server whose defender has no attacker refuses it in one line."""
+    from importlib import resources
+
+    from ppd.agents import shipped_agent_path
+    from ppd.oneshot import OneShot
+    from ppd.serve import create_app
+    from ppd.train.adapt import AdaptConfig, adapt_defender
+
+    cfg = AdaptConfig(decodes=300)
+    root = resources.files("ppd") / "assets" / "oneshot"
+    with resources.as_file(root / "coins-ref.jpg") as p, resources.as_file(root / "coins-ref.mask.png") as mp:
+        ref_img, ref_mask = read_image(p), read_mask(mp)
+    with resources.as_file(root / "coins-a.jpg") as p:
+        tgt_img = read_image(p)
+    with TestClient(create_app(segmenter, defender, allowed_hosts=["testserver"], adapt=cfg)) as c:
+        sid = session(c)
+        ref = c.post(f"/api/sessions/{sid}/samples/coins-ref").json()
+        tgt = c.post(f"/api/sessions/{sid}/samples/coins-a").json()
+        assert c.post(f"/api/sessions/{sid}/reference", json={"image": ref["image"]}).status_code == 200
+        r = c.post(f"/api/sessions/{sid}/images/{tgt['image']}/oneshot", json={"adapt": True})
+        assert r.status_code == 400 and "attacker" in r.json()["error"] and "\n" not in r.json()["error"]
+        assert c.post(f"/api/sessions/{sid}/images/{tgt['image']}/oneshot", json={}).json()["adapted"] is None
+
+    app = create_app(segmenter, defender, allowed_hosts=["testserver"], attacker=shipped_agent_path("attacker"),
+                     adapt=cfg)
+    with TestClient(app) as c:
+        sid = session(c)
+        ref = c.post(f"/api/sessions/{sid}/samples/coins-ref").json()
+        tgt = c.post(f"/api/sessions/{sid}/samples/coins-a").json()
+        other = c.post(f"/api/sessions/{sid}/samples/coins-b").json()
+        assert c.post(f"/api/sessions/{sid}/reference", json={"image": ref["image"]}).status_code == 200
+        first = c.post(f"/api/sessions/{sid}/images/{tgt['image']}/oneshot", json={"adapt": True}).json()
+        assert first["adapted"]["reused"] is False and first["adapted"]["seconds"] > 0
+        assert first["adapted"]["decodes"] == 300 and first["adapted"]["views"] == cfg.views
+        again = c.post(f"/api/sessions/{sid}/images/{tgt['image']}/oneshot", json={"adapt": True}).json()
+        assert again["adapted"]["reused"] is True and again["final"]["mask"] == first["final"]["mask"]
+        pipe = OneShot(segmenter, adapt_defender(defender, ref_img, ref_mask, config=cfg), k=10)
+        pipe.set_reference(ref_img, ref_mask)
+        want = pipe.run(tgt_img)
+        assert np.array_equal(mask_of(first["final"]["mask"]), want.mask)
+        assert first["status"] == want.refined.to_json()["status"]
+        # another reference: adapted again
+        assert c.post(f"/api/sessions/{sid}/reference", json={"image": other["image"]}).status_code == 200
+        third = c.post(f"/api/sessions/{sid}/images/{tgt['image']}/oneshot", json={"adapt": True}).json()
+        assert third["adapted"]["reused"] is False

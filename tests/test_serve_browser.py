@@ -2,8 +2,8 @@
 
 Clicks points on the canvas (left = positive, right = negative), presses Defend, and checks from
 the DOM that a mask was drawn and that the kept / suppressed lists equal the API's answer for the
-same points; then runs one one-shot target. Saves the page to docs/serve.png and
-docs/serve-oneshot.png (shown in the README).
+same points; then runs one one-shot target with the defender adapted to the reference. Saves the
+page to docs/serve.png and docs/serve-oneshot.png (shown in the README).
 Skips loudly where Chromium is absent, and fails instead under ``CI=true``.
 """
 
@@ -41,7 +41,7 @@ def server(cache_dir):
     _need_browser()
     from ppd.serve.launch import Server
 
-    with Server(cache_dir=cache_dir) as srv:
+    with Server(cache_dir=cache_dir, extra=["--adapt-decodes", "300"]) as srv:  # adapting in ~10 s
         yield srv
 
 
@@ -157,10 +157,12 @@ def test_click_defend_and_oneshot_in_chromium(server, browser, tmp_path):
     Select(drv.find_element(By.ID, "ref-sample")).select_by_value("fluo-ref")
     _wait(drv, "return document.getElementById('ref-info').textContent.includes('mode')")
     drv.find_element(By.CSS_SELECTOR, "#target-samples input[value='fluo-a']").click()
+    drv.find_element(By.ID, "adapt").click()  # the defender adapted to the reference first
     drv.find_element(By.ID, "run-oneshot").click()
-    _wait(drv, "return document.querySelector('#targets .card[data-done]') !== null", timeout=120)
+    _wait(drv, "return document.querySelector('#targets .card[data-done]') !== null", timeout=180)
     text = drv.find_element(By.CSS_SELECTOR, "#targets .card .stats").text
-    assert "candidates" in text and "Dice" in text
+    assert "candidates" in text and "Dice" in text and "adapted to the reference" in text
+    assert drv.find_element(By.CSS_SELECTOR, "#targets .card").get_attribute("data-adapted") == "1"
 
     drv.execute_script("document.querySelector('#targets .card').scrollIntoView({block: 'end'})")
     _save_screenshot(drv, SCREENSHOT.with_name("serve-oneshot.png"))

@@ -200,23 +200,25 @@ def expand_targets(items: list[str]) -> list[str]:
     return out
 
 
-def adapt_opt(sp) -> None:
-    """--adapt [--adapt-decodes N]: test-time adaptation of the defender to the one-shot reference."""
-    sp.add_argument("--adapt", action="store_true",
-                    help="first adapt the defender to the reference: the training game played on its 8 "
-                         "rotated / mirrored, cropped and re-coloured views, from the given agents "
-                         "(~30-60 s per reference on a CPU; ppd.train.adapt)")
+def adapt_opt(sp, switch: bool = True) -> None:
+    """--adapt [--adapt-decodes N] [--adapt-views V]: test-time adaptation of the defender to the one-shot
+    reference. ``switch`` False (``ppd serve``: each request says whether to adapt): only its settings."""
+    if switch:
+        sp.add_argument("--adapt", action="store_true",
+                        help="first adapt the defender to the reference: the training game played on its 8 "
+                             "rotated / mirrored, cropped and re-coloured views, from the given agents "
+                             "(~30-60 s per reference on a CPU; ppd.train.adapt)")
+    implies = "; implies --adapt" if switch else " of one-shot runs with 'adapt'"
     sp.add_argument("--adapt-decodes", type=int, metavar="N",
-                    help="SAM decodes of that game (implies --adapt; default 1500)")
+                    help=f"SAM decodes of that adaptation game (default 1500{implies})")
     sp.add_argument("--adapt-views", choices=("jitter", "dihedral"),
                     help="the images that game is played on: the reference's 8 rotated / mirrored views, "
-                         "also cropped and re-coloured (jitter, the default), or as they are (dihedral); "
-                         "implies --adapt")
+                         f"also cropped and re-coloured (jitter, the default), or as they are (dihedral{implies})")
 
 
 def adapt_config(args, seed: int = 0):
     """The :class:`ppd.train.adapt.AdaptConfig` of --adapt / --adapt-decodes, or None."""
-    if not args.adapt and args.adapt_decodes is None and args.adapt_views is None:
+    if not getattr(args, "adapt", False) and args.adapt_decodes is None and args.adapt_views is None:
         return None
     from ppd.train.adapt import AdaptConfig
 

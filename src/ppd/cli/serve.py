@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 
-from ppd.cli.common import _defender_opts, _segmenter
-from ppd.errors import ConfigError
+from ppd.cli.common import _defender_opts, _segmenter, adapt_config, adapt_opt
+from ppd.errors import CheckpointError, ConfigError
 
 _MISSING = "ppd serve needs the serve extra: pip install 'ppd[serve]' (fastapi, uvicorn, python-multipart)"
 
@@ -37,6 +37,7 @@ def cmd_serve(args) -> int:
     except ImportError:
         raise ConfigError(_MISSING) from None
     check_port(args.port)
+    adapt = adapt_config(args)  # bad settings: refused before SAM loads
     from ppd.refine import Defender, load_agent
     from ppd.sam.allocator import limit_arenas
     from ppd.serve.app import create_app
@@ -44,11 +45,23 @@ def cmd_serve(args) -> int:
     limit_arenas()  # one malloc arena per request thread would keep ~1 GB more under load
     seg = _segmenter(args)
     defender = Defender(load_agent(args.defender, "defender"), segmenter=seg, **_defender_opts(args))
-    app = create_app(seg, defender, allowed_hosts=allowed_hosts(args.host, args.allow_host))
+    app = create_app(seg, defender, allowed_hosts=allowed_hosts(args.host, args.allow_host),
+                     attacker=_attacker(args.defender), adapt=adapt)
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"ppd serve: open http://{host}:{args.port}/ in a browser (Ctrl-C stops)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
     return 0
+
+
+def _attacker(defender_spec):
+    """The attacker one-shot runs with "adapt" play against: the one trained with the defender, or None
+    (those runs are then refused; everything else works)."""
+    from ppd.train.adapt import attacker_beside
+
+    try:
+        return attacker_beside(defender_spec)
+    except CheckpointError:
+        return None
 
 
 def add_parser(sub, sam_opts, defender_opt_help: str) -> None:
@@ -60,5 +73,6 @@ def add_parser(sub, sam_opts, defender_opt_help: str) -> None:
     sv.add_argument("--defender", help="defender checkpoint, or 'untrained' (default: the shipped one)")
     sv.add_argument("--defender-opt", action="append", metavar="KEY=VALUE", help=defender_opt_help)
     sv.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+    adapt_opt(sv, switch=False)
     sam_opts(sv)
     sv.set_defaults(func=cmd_serve)

@@ -54,6 +54,7 @@ class ReferenceIn(Prompts):
 class OneShotIn(BaseModel):
     k: int = Field(10, ge=1, le=64)
     instances: str = "auto"
+    adapt: bool = False  # first adapt the defender to the session's reference (ppd.train.adapt; once per reference)
 
 
 def mask_png(mask: np.ndarray) -> str:
@@ -71,14 +72,23 @@ def _prompts(body: Prompts, entry: ImageEntry) -> tuple[np.ndarray, np.ndarray]:
     return check_points(body.points, body.labels or None, entry.size)
 
 
-def create_app(segmenter=None, defender=None, allowed_hosts: list[str] | None = None) -> FastAPI:
+def create_app(segmenter=None, defender=None, allowed_hosts: list[str] | None = None, attacker=None,
+               adapt=None) -> FastAPI:
     """The app. ``segmenter`` / ``defender`` default to MobileSAM and the shipped defender;
-    ``allowed_hosts`` (Host-header check against DNS rebinding) defaults to loopback names."""
+    ``allowed_hosts`` (Host-header check against DNS rebinding) defaults to loopback names.
+    One-shot requests with ``adapt`` fine-tune the defender on the session's reference first
+    (:mod:`ppd.train.adapt`, ``adapt``: its :class:`AdaptConfig`) against ``attacker`` (an agent or
+    checkpoint path; default: the shipped attacker if ``defender`` is the shipped one, else refused)."""
+    from ppd.agents import shipped_agent_path
     from ppd.refine import Defender
     from ppd.sam import Segmenter
+    from ppd.train.adapt import AdaptConfig
 
     seg = segmenter or Segmenter()
+    if attacker is None and defender is None:
+        attacker = shipped_agent_path("attacker")
     defender = defender or Defender(segmenter=seg)
+    adapt = adapt or AdaptConfig()
     store = SessionStore(seg)
     pools: dict[str, ThreadPoolExecutor] = {}  # "clicks" and "jobs", one thread each, made on first use
     pools_lock = threading.Lock()
@@ -252,12 +262,20 @@ def create_app(segmenter=None, defender=None, allowed_hosts: list[str] | None = 
         if s.reference is None:
             raise ConfigError("set a reference first (an image and its mask)")
         rid, rmask = s.reference
+        if body.adapt and attacker is None:
+            raise ConfigError("adapting needs the attacker trained with this server's defender: "
+                              "start ppd serve with a --defender that has attacker.* beside it")
         t0 = time.perf_counter()
-        pipe = OneShot(seg, defender, k=body.k, instances=body.instances)
-        plain = OneShot(seg, None, k=body.k, instances=body.instances)
         ref_entry = s.image(rid)
+        plain = OneShot(seg, None, k=body.k, instances=body.instances)
+        adapted: dict = {}
 
         def work():
+            d = defender
+            if body.adapt:  # the session keeps one adapted defender: for its current reference
+                d, adapted["seconds"], adapted["reused"] = store.adapted_defender(s, ref_entry, rmask, defender,
+                                                                                  attacker, adapt)
+            pipe = OneShot(seg, d, k=body.k, instances=body.instances)
             ref = pipe.set_reference(store.oneshot_reference(ref_entry, rmask))
             plain.set_reference(ref)
             frame = store.frame(entry)
@@ -271,7 +289,8 @@ def create_app(segmenter=None, defender=None, allowed_hosts: list[str] | None = 
                                "labels": [int(v) for v in prop.candidates.labels]},
                    start_index=[int(i) for i in prop.index],
                    mode=result.mode, start={"mask": mask_png(start.mask), "iou": start.refined.iou},
-                   final={"mask": mask_png(res.mask), "iou": res.iou}, oneshot_s=round(time.perf_counter() - t0, 3))
+                   final={"mask": mask_png(res.mask), "iou": res.iou}, oneshot_s=round(time.perf_counter() - t0, 3),
+                   adapted=({"decodes": adapt.decodes, "views": adapt.views, **adapted} if adapted else None))
         if entry.mask is not None:
             out["dice"] = {"start": dice(start.mask, entry.mask), "final": dice(res.mask, entry.mask)}
         return out

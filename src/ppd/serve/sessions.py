@@ -72,6 +72,7 @@ class Session:
     folder: Path
     images: OrderedDict[str, ImageEntry] = field(default_factory=OrderedDict)
     reference: tuple[str, np.ndarray] | None = None  # (image id, mask) for one-shot mode
+    adapted: tuple[tuple, object] | None = None  # (reference key, Defender adapted to it): one-shot "adapt"
     touched: float = field(default_factory=time.monotonic)
 
     def image(self, iid: str) -> ImageEntry:
@@ -264,11 +265,9 @@ class SessionStore:
         """The :class:`ppd.oneshot.OneShotReference` of an image and mask, made once and kept (LRU of
         :data:`MAX_REFERENCES`) with its patch features and graph reference, which every Defend and
         one-shot target of the sessions using it read."""
-        import hashlib
-
         from ppd.oneshot import OneShotReference
 
-        key = (entry.sha256, hashlib.sha256(np.packbits(mask).tobytes() + str(mask.shape).encode()).hexdigest())
+        key = (entry.sha256, _mask_key(mask))
         with self._lock:
             ref = self._references.get(key)
             if ref is not None:
@@ -281,6 +280,28 @@ class SessionStore:
                 self._references.popitem(last=False)
         return ref
 
+    def adapted_defender(self, session: Session, entry: ImageEntry, mask: np.ndarray, defender, attacker,
+                         config) -> tuple[object, float, bool]:
+        """``defender`` adapted to the reference ``entry`` / ``mask`` (:func:`ppd.train.adapt.adapt_defender`),
+        made once per session and reference: (the Defender, seconds taken, whether it was reused). Held by
+        the session alone, dropped with it, replaced when its reference changes."""
+        from ppd.train.adapt import adapt_defender
+
+        key = (entry.sha256, _mask_key(mask), config)
+        if session.adapted is not None and session.adapted[0] == key:
+            return session.adapted[1], 0.0, True
+        t0 = time.perf_counter()
+        adapted = adapt_defender(defender, read_image(entry.path), mask, attacker, config)
+        session.adapted = (key, adapted)
+        return adapted, round(time.perf_counter() - t0, 2), False
+
     def frames_held(self) -> int:
         with self._lock:
             return len(self._frames)
+
+
+def _mask_key(mask: np.ndarray) -> str:
+    """A short digest of a boolean mask (its bits and shape), for keys of what was made from it."""
+    import hashlib
+
+    return hashlib.sha256(np.packbits(mask).tobytes() + str(mask.shape).encode()).hexdigest()

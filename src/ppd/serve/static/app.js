@@ -246,7 +246,8 @@ async function runOneshot() {
     card.textContent = `${job.name}: embedding…`; $("targets").appendChild(card);
     try {
       const info = await busy(`target ${n}/${jobs.length}: ${job.name}…`, job.open);
-      const r = await busy(`target ${n}/${jobs.length}: one-shot…`, () => api(sess(`/images/${info.image}/oneshot`), { json: { k } }));
+      const adapt = $("adapt").checked, what = adapt && n === 1 ? "adapting the defender to the reference (~45 s), then one-shot" : "one-shot";
+      const r = await busy(`target ${n}/${jobs.length}: ${what}…`, () => api(sess(`/images/${info.image}/oneshot`), { json: { k, adapt } }));
       await drawCard(card, info, r, await loadImg(info.url));
     } catch (e) { card.classList.add("error"); card.textContent = `${job.name}: ${e.message}`; }
   }
@@ -267,10 +268,11 @@ async function drawCard(card, info, r, img) {
   const stats = document.createElement("div"); stats.className = "stats";
   const dice = r.dice ? ` · Dice start ${r.dice.start.toFixed(3)} → final ${r.dice.final.toFixed(3)}` : "";
   stats.textContent = `${info.name}: ${r.candidates.points.length} candidates → start set ${r.points.length} → kept ${kept}`
-    + ` (${r.mode}) · SAM IoU ${r.start.iou.toFixed(3)} → ${r.final.iou.toFixed(3)}${dice} · ${r.oneshot_s.toFixed(2)} s`;
+    + ` (${r.mode}) · SAM IoU ${r.start.iou.toFixed(3)} → ${r.final.iou.toFixed(3)}${dice} · ${r.oneshot_s.toFixed(2)} s`
+    + (r.adapted ? ` · defender adapted to the reference${r.adapted.reused ? "" : ` (${r.adapted.seconds.toFixed(0)} s)`}` : "");
   const a = document.createElement("a"); a.href = r.final.mask; a.download = `${info.name}.mask.png`;
   a.textContent = "mask PNG"; a.className = "button";
-  card.dataset.kept = kept; card.dataset.done = "1";
+  card.dataset.kept = kept; card.dataset.done = "1"; card.dataset.adapted = r.adapted ? "1" : "0";
   card.append(c, stats, a);
 }
 
