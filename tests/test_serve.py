@@ -294,6 +294,15 @@ def test_cli_serve_bad_options(tmp_path, capsys):
 
     assert main(["serve", "--port", "70000"]) == 2
     assert "--port" in capsys.readouterr().err
+    assert main(["serve", "--adapt-decodes", "50"]) == 2  # refused before SAM loads
+    err = capsys.readouterr().err
+    assert "adapt" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit) as e:  # each one-shot request says whether to adapt: no such switch
+        main(["serve", "--adapt"])
+    assert e.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
+    from ppd.cli.serve import _attacker
+
+    assert _attacker(None) is not None and _attacker(str(tmp_path / "defender")) is None  # no attacker beside it
     assert "0.0.0.0" not in allowed_hosts("0.0.0.0", None) and "::" not in allowed_hosts("::", None)
     assert "box.lan" in allowed_hosts("0.0.0.0", ["box.lan"]) and "10.0.0.2" in allowed_hosts("10.0.0.2", None)
     assert "[fe80::1]" in allowed_hosts("fe80::1", None)
