@@ -246,7 +246,8 @@ async function runOneshot() {
     card.textContent = `${job.name}: embedding…`; $("targets").appendChild(card);
     try {
       const info = await busy(`target ${n}/${jobs.length}: ${job.name}…`, job.open);
-      const adapt = $("adapt").checked, what = adapt && n === 1 ? "adapting the defender to the reference (~45 s), then one-shot" : "one-shot";
+      const adapt = $("adapt").checked;
+      const what = adapt && n === 1 ? "one-shot (the defender is adapted to a new reference first: ~45 s)" : "one-shot";
       const r = await busy(`target ${n}/${jobs.length}: ${what}…`, () => api(sess(`/images/${info.image}/oneshot`), { json: { k, adapt } }));
       await drawCard(card, info, r, await loadImg(info.url));
     } catch (e) { card.classList.add("error"); card.textContent = `${job.name}: ${e.message}`; }
