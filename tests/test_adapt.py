@@ -122,12 +122,15 @@ def test_oneshot_and_eval_with_adapt(tmp_path, segmenter, manifest, cache_dir, m
     assert "views" not in config_key(EvalConfig(adapt=300, adapt_views="dihedral"))["adapt"]  # session 19's rows
     assert plain.key("fm-kmeans", tgt, ref) == adapted.key("fm-kmeans", tgt, ref)
     assert plain.key("fm-ppd", tgt, ref) != adapted.key("fm-ppd", tgt, ref)
-    for bad in (["--adapt-decodes", "50"], ["--adapt", "--no-defender"], ["--adapt-views", "crops"],
-                ["--adapt-views", "jitter", "--no-defender"]):
+    for bad in (["--adapt-decodes", "50"], ["--adapt", "--no-defender"], ["--adapt-views", "jitter", "--no-defender"]):
         rc = main(["oneshot", "--ref", "x.jpg", "--ref-mask", "x.png", "--target", "y.jpg", "--out",
                    str(tmp_path / "bad"), *bad])
         err = capsys.readouterr().err
         assert rc == 2 and len(err.strip().splitlines()) == 1 and "adapt" in err
+    with pytest.raises(SystemExit) as e:  # argparse's refusal: one line, exit 2
+        main(["oneshot", "--ref", "x.jpg", "--ref-mask", "x.png", "--target", "y.jpg", "--out", str(tmp_path / "bad"),
+              "--adapt-views", "crops"])
+    assert e.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
     assert main(["eval", "--dataset", "kvasir", "--split", "val", "--out", str(tmp_path / "bad"),
                  "--adapt-decodes", "10"]) == 2
     lone = tmp_path / "lone"  # a defender without the attacker it was trained with
