@@ -52,6 +52,8 @@ def test_jittered_views_crop_and_recolour_with_their_masks():
     assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(views, again, strict=True))  # seeded
     assert practice_views(image, mask, "dihedral")[3][0].tobytes() == dihedral[3][0].tobytes()
     assert "views" not in AdaptConfig(views="dihedral").key()
+    tiny = practice_views(image[:10, :12], mask[:10, :12] | True, "jitter")  # smaller than any crop: kept whole
+    assert all(im.shape[:2] == m.shape and m.all() for im, m in tiny)
     with pytest.raises(ConfigError, match="views"):
         AdaptConfig(views="crops")
 

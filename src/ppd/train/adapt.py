@@ -29,7 +29,7 @@ VIEWS = ("jitter", "dihedral")  # AdaptConfig.views
 
 @dataclass(frozen=True)
 class AdaptConfig:
-    decodes: int = 1500  # SAM decodes of the game on the reference's views (43-47 s on 2 CPU cores, fp32)
+    decodes: int = 1500  # SAM decodes of the game on the reference's views (42-79 s on 2 CPU cores, fp32)
     eps_start: float = 0.3  # exploration at the start, as the fine-tunes of docs/TRAINING.md
     learning_starts: int = 256  # transitions before the first gradient step (ppd train's 1000 left ~60 steps)
     seed: int = 0
@@ -79,7 +79,7 @@ def jittered(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
     ch, cw = h, w
     for _ in range(20):  # a crop that keeps enough of the object; else the whole view
         sh, sw = rng.uniform(min_side, 1.0, 2)
-        ch, cw = max(16, int(h * sh)), max(16, int(w * sw))
+        ch, cw = min(h, max(16, int(h * sh))), min(w, max(16, int(w * sw)))  # tiny images: uncropped
         y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
         if mask[y0:y0 + ch, x0:x0 + cw].sum() >= min_kept * area:
             break
