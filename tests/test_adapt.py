@@ -52,8 +52,8 @@ def test_jittered_views_crop_and_recolour_with_their_masks():
     assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(views, again, strict=True))  # seeded
     assert practice_views(image, mask, "dihedral")[3][0].tobytes() == dihedral[3][0].tobytes()
     assert "views" not in AdaptConfig(views="dihedral").key()
-    tiny = practice_views(image[:10, :12], mask[:10, :12] | True, "jitter")  # smaller than any crop: kept whole
-    assert all(im.shape[:2] == m.shape and m.all() for im, m in tiny)
+    tiny = practice_views(image[:10, :12], mask[:10, :12], "jitter")  # smaller than any crop: kept whole
+    assert [im.shape for im, _ in tiny] == [d.shape for d, _ in dihedral_views(image[:10, :12], mask[:10, :12])]
     with pytest.raises(ConfigError, match="views"):
         AdaptConfig(views="crops")
 
@@ -75,13 +75,16 @@ def test_adapt_config_refuses_what_cannot_train():
 
 def test_adapt_fine_tunes_a_copy_on_the_reference(segmenter, manifest):
     """Through the real MobileSAM on a Kvasir val reference: the defender returned is trained (its weights
-    moved), the one given is untouched, its inference settings travel along, and the same seed gives the
-    same weights."""
+    moved), the one given is untouched, its inference settings travel along, the same seed gives the
+    same weights, and no practice view is written to the embedding cache."""
     ref, tgt = pick(manifest, "kvasir", "val", 2)
     shipped = load_agent(None, "defender")
     before = {k: v.clone() for k, v in shipped.q.state_dict().items()}
     attacker = load_agent(attacker_beside(None), "attacker")
+    segmenter.frame(ref.image())  # the reference is in the embedding cache; its practice views must not go there
+    stored = sorted(segmenter.cache.root.rglob("*.safetensors"))
     out = adapt(shipped, attacker, ref.image(), ref.mask(), segmenter, QUICK)
+    assert sorted(segmenter.cache.root.rglob("*.safetensors")) == stored
     assert out is not shipped and out.buffer is None
     assert all(torch.equal(before[k], v) for k, v in shipped.q.state_dict().items())
     moved = sum(float((before[k] - v).abs().sum()) for k, v in out.q.state_dict().items())

@@ -354,7 +354,8 @@ def test_the_reference_image_is_never_evicted(client):
 def test_oneshot_with_adapt_matches_the_api(segmenter, defender):
     """``adapt`` in a one-shot request: the defender is adapted to the session's reference once (the
     same weights as :func:`ppd.train.adapt.adapt_defender` gives), reused for later targets, and made
-    again when the reference changes. A server whose defender has no attacker refuses it in one line."""
+    again when the reference changes. A server given a defender but no attacker to adapt it against
+    refuses it in one line."""
     from importlib import resources
 
     from ppd.agents import shipped_agent_path

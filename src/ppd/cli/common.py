@@ -207,7 +207,7 @@ def adapt_opt(sp, switch: bool = True) -> None:
         sp.add_argument("--adapt", action="store_true",
                         help="first adapt the defender to the reference: the training game played on its 8 "
                              "rotated / mirrored, cropped and re-coloured views, from the given agents "
-                             "(~30-60 s per reference on a CPU; ppd.train.adapt)")
+                             "(about a minute per reference on a CPU; ppd.train.adapt)")
     implies = "; implies --adapt" if switch else " of one-shot runs with 'adapt'"
     sp.add_argument("--adapt-decodes", type=int, metavar="N",
                     help=f"SAM decodes of that adaptation game (default 1500{implies})")

@@ -152,24 +152,26 @@ class Segmenter:
         emb = self._fast_encoder(x) if self._fast_encoder is not None else self.model.image_encoder(x)
         return emb.half().float()
 
-    def embed(self, image: np.ndarray) -> tuple[torch.Tensor, str]:
-        """The image's embedding from the cache, else the encoder (then cached), and its hash."""
+    def embed(self, image: np.ndarray, cache: bool = True) -> tuple[torch.Tensor, str]:
+        """The image's embedding from the cache, else the encoder (then cached), and its hash.
+        ``cache`` False: the encoder, and nothing written (images made once, e.g. ppd.train.adapt's views)."""
         image = check_image_array(image)
         sha = image_key(image)
-        if self.cache is not None:
-            hit = self.cache.get(sha, self.embed_key)
+        store = self.cache if cache else None
+        if store is not None:
+            hit = store.get(sha, self.embed_key)
             if hit is not None and hit[0]["embedding"].shape == (1, 256, GRID, GRID):
                 return torch.from_numpy(hit[0]["embedding"].astype(np.float32)), sha
         emb = self.encode(image)
-        if self.cache is not None:
-            self.cache.put(sha, self.embed_key, {"embedding": emb.half().numpy()},
-                           {"original_size": list(image.shape[:2])})
+        if store is not None:
+            store.put(sha, self.embed_key, {"embedding": emb.half().numpy()}, {"original_size": list(image.shape[:2])})
         return emb, sha
 
-    def frame(self, image: np.ndarray) -> Frame:
-        """An ``HxWx3 uint8`` RGB image as a :class:`Frame` (embedding cached on disk)."""
+    def frame(self, image: np.ndarray, cache: bool = True) -> Frame:
+        """An ``HxWx3 uint8`` RGB image as a :class:`Frame` (embedding cached on disk unless ``cache`` is False;
+        either way the same fp16-rounded values)."""
         image = check_image_array(image)
-        emb, sha = self.embed(image)
+        emb, sha = self.embed(image, cache)
         return Frame(emb, image.shape[:2], sha, self.model_sha256)
 
     def _context(self, frame: Frame) -> fast_decoder.ImageContext:

@@ -272,8 +272,8 @@ def create_app(segmenter=None, defender=None, allowed_hosts: list[str] | None = 
 
         def work():
             d = defender
-            if body.adapt:  # the session keeps one adapted defender: for its current reference
-                d, adapted["seconds"], adapted["reused"] = store.adapted_defender(s, ref_entry, rmask, defender,
+            if body.adapt:  # adapted once per reference (kept for later targets and sessions)
+                d, adapted["seconds"], adapted["reused"] = store.adapted_defender(ref_entry, rmask, defender,
                                                                                   attacker, adapt)
             pipe = OneShot(seg, d, k=body.k, instances=body.instances)
             ref = pipe.set_reference(store.oneshot_reference(ref_entry, rmask))

@@ -35,6 +35,8 @@ MAX_UPLOAD_PIXELS = 40_000_000
 MAX_FRAMES = 8
 #: One-shot references held in memory with their features (shared by sessions using the same one).
 MAX_REFERENCES = 4
+#: Defenders adapted to a one-shot reference (one-shot "adapt"), shared by sessions using the same one.
+MAX_ADAPTED = 4
 #: Sessions held; the least recently used one (and its files) goes beyond this.
 MAX_SESSIONS = 64
 #: Images per session; the least recently used one (never the one-shot reference) goes beyond this.
@@ -72,7 +74,6 @@ class Session:
     folder: Path
     images: OrderedDict[str, ImageEntry] = field(default_factory=OrderedDict)
     reference: tuple[str, np.ndarray] | None = None  # (image id, mask) for one-shot mode
-    adapted: tuple[tuple, object] | None = None  # (reference key, Defender adapted to it): one-shot "adapt"
     touched: float = field(default_factory=time.monotonic)
 
     def image(self, iid: str) -> ImageEntry:
@@ -141,6 +142,7 @@ class SessionStore:
         self._lock = threading.Lock()
         self._embed_locks: dict[str, threading.Lock] = {}
         self._references: OrderedDict[tuple[str, str], object] = OrderedDict()  # one-shot references
+        self._adapted: OrderedDict[tuple, object] = OrderedDict()  # defenders adapted to one (adapted_defender)
 
     # ----------------------------------------------------------------- sessions
     def new_session(self) -> Session:
@@ -280,19 +282,26 @@ class SessionStore:
                 self._references.popitem(last=False)
         return ref
 
-    def adapted_defender(self, session: Session, entry: ImageEntry, mask: np.ndarray, defender, attacker,
+    def adapted_defender(self, entry: ImageEntry, mask: np.ndarray, defender, attacker,
                          config) -> tuple[object, float, bool]:
         """``defender`` adapted to the reference ``entry`` / ``mask`` (:func:`ppd.train.adapt.adapt_defender`),
-        made once per session and reference: (the Defender, seconds taken, whether it was reused). Held by
-        the session alone, dropped with it, replaced when its reference changes."""
+        made once per reference and settings and kept (LRU of :data:`MAX_ADAPTED`): (the Defender, seconds
+        taken, whether it was reused). Only the app's one job thread calls this, so one reference is never
+        adapted twice at once; meanwhile the other sessions' jobs wait (their clicks do not)."""
         from ppd.train.adapt import adapt_defender
 
         key = (entry.sha256, _mask_key(mask), config)
-        if session.adapted is not None and session.adapted[0] == key:
-            return session.adapted[1], 0.0, True
+        with self._lock:
+            hit = self._adapted.get(key)
+            if hit is not None:
+                self._adapted.move_to_end(key)
+                return hit, 0.0, True
         t0 = time.perf_counter()
         adapted = adapt_defender(defender, read_image(entry.path), mask, attacker, config)
-        session.adapted = (key, adapted)
+        with self._lock:
+            self._adapted[key] = adapted
+            while len(self._adapted) > MAX_ADAPTED:
+                self._adapted.popitem(last=False)
         return adapted, round(time.perf_counter() - t0, 2), False
 
     def frames_held(self) -> int:

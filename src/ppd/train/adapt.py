@@ -133,8 +133,10 @@ def adapt(defender: DQNAgent, attacker: DQNAgent, image: np.ndarray, mask: np.nd
                   defender=replace(base.defender, learning_starts=config.learning_starts))
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)
+        # the views are made once: embedded without the disk cache (the reference itself may be in it already)
+        frames = [segmenter.frame(im, cache=j == 0) for j, (im, _) in enumerate(views)]
         tr = Trainer(cfg, samples, None, segmenter=segmenter, progress=progress, command="adapt",
-                     start={"attacker": attacker, "defender": defender})
+                     start={"attacker": attacker, "defender": defender}, frames=frames)
         tr.train()
     out = tr.defender
     out.buffer = None  # the replay memory is not needed at inference

@@ -34,9 +34,11 @@ def _mean_finite(xs: list[float]) -> float:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, samples, out: str | os.PathLike | None, segmenter=None,
-                 progress: bool = True, command: str | None = None, start: dict[str, DQNAgent] | None = None) -> None:
+                 progress: bool = True, command: str | None = None, start: dict[str, DQNAgent] | None = None,
+                 frames: list | None = None) -> None:
         """``out`` None: nothing is written (test-time adaptation keeps the agents in memory). ``start``: the
-        agents to fine-tune from, by role, in memory (else ``cfg.init``'s files, if set)."""
+        agents to fine-tune from, by role, in memory (else ``cfg.init``'s files, if set). ``frames``: the
+        samples' frames, when the caller made them (else embedded here, through the embedding cache)."""
         from ppd.sam import Segmenter
 
         self.cfg, self.out, self.progress = cfg, None if out is None else Path(out), progress
@@ -48,7 +50,8 @@ class Trainer:
             # message passing reads the slot x slot cosines (a new config: the caller's is not touched)
             cfg = self.cfg = replace(cfg, game=replace(cfg.game, pair_obs=True))
         g = cfg.game
-        self.bank = ImageBank(seg, samples, graph_grid=g.graph_grid, knn=g.knn, objects=g.objects, progress=progress)
+        self.bank = ImageBank(seg, samples, graph_grid=g.graph_grid, knn=g.knn, objects=g.objects, progress=progress,
+                              frames=frames)
         self.arena = Arena(self.bank, g)
         b = cfg.n_games
         self.att_envs = [PromptGame(self.arena, "attacker", seed=cfg.seed * 1000 + j, strict=True) for j in range(b)]

@@ -247,7 +247,7 @@ async function runOneshot() {
     try {
       const info = await busy(`target ${n}/${jobs.length}: ${job.name}…`, job.open);
       const adapt = $("adapt").checked;
-      const what = adapt && n === 1 ? "one-shot (the defender is adapted to a new reference first: ~45 s)" : "one-shot";
+      const what = adapt && n === 1 ? "one-shot (a new reference: the defender is adapted to it first, about a minute)" : "one-shot";
       const r = await busy(`target ${n}/${jobs.length}: ${what}…`, () => api(sess(`/images/${info.image}/oneshot`), { json: { k, adapt } }));
       await drawCard(card, info, r, await loadImg(info.url));
     } catch (e) { card.classList.add("error"); card.textContent = `${job.name}: ${e.message}`; }
