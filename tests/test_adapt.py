@@ -14,7 +14,16 @@ from ppd.agents import shipped_agent_path
 from ppd.cli import main
 from ppd.errors import CheckpointError, ConfigError, InvalidMaskError
 from ppd.refine import Defender, load_agent
-from ppd.train.adapt import AdaptConfig, adapt, adapt_defender, attacker_beside, dihedral_views, practice_views
+from ppd.train.adapt import (
+    AdaptConfig,
+    PairedDefender,
+    adapt,
+    adapt_defender,
+    agreement,
+    attacker_beside,
+    dihedral_views,
+    practice_views,
+)
 
 QUICK = AdaptConfig(decodes=300)  # a few dozen gradient steps: the mechanics, quickly
 
@@ -64,7 +73,10 @@ def test_adapt_config_refuses_what_cannot_train():
         with pytest.raises(ConfigError):
             AdaptConfig(**bad)
     assert AdaptConfig().key() == {"decodes": 1500, "eps_start": 0.3, "learning_starts": 256, "seed": 0,
-                                   "views": "jitter"}  # session 19's dihedral rows keep their keys: no "views"
+                                   "views": "jitter", "choose": "iou"}
+    assert "choose" not in AdaptConfig(choose="adapted").key()  # sessions 19-20's rows keep their keys
+    with pytest.raises(ConfigError, match="choose"):
+        AdaptConfig(choose="both")
     with pytest.raises(CheckpointError, match="attacker"):
         attacker_beside("somewhere/defender")
     d, image = load_agent(None, "defender"), np.zeros((32, 48, 3), np.uint8)
@@ -127,7 +139,8 @@ def test_oneshot_and_eval_with_adapt(tmp_path, segmenter, manifest, cache_dir, m
     assert "views" not in config_key(EvalConfig(adapt=300, adapt_views="dihedral"))["adapt"]  # session 19's rows
     assert plain.key("fm-kmeans", tgt, ref) == adapted.key("fm-kmeans", tgt, ref)
     assert plain.key("fm-ppd", tgt, ref) != adapted.key("fm-ppd", tgt, ref)
-    for bad in (["--adapt-decodes", "50"], ["--adapt", "--no-defender"], ["--adapt-views", "jitter", "--no-defender"]):
+    for bad in (["--adapt-decodes", "50"], ["--adapt", "--no-defender"], ["--adapt-views", "jitter", "--no-defender"],
+                ["--adapt-choose", "adapted", "--no-defender"]):
         rc = main(["oneshot", "--ref", "x.jpg", "--ref-mask", "x.png", "--target", "y.jpg", "--out",
                    str(tmp_path / "bad"), *bad])
         err = capsys.readouterr().err
@@ -135,6 +148,10 @@ def test_oneshot_and_eval_with_adapt(tmp_path, segmenter, manifest, cache_dir, m
     with pytest.raises(SystemExit) as e:  # argparse's refusal: one line, exit 2
         main(["oneshot", "--ref", "x.jpg", "--ref-mask", "x.png", "--target", "y.jpg", "--out", str(tmp_path / "bad"),
               "--adapt-views", "crops"])
+    assert e.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit) as e:
+        main(["oneshot", "--ref", "x.jpg", "--ref-mask", "x.png", "--target", "y.jpg", "--out", str(tmp_path / "bad"),
+              "--adapt-choose", "both"])
     assert e.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
     assert main(["eval", "--dataset", "kvasir", "--split", "val", "--out", str(tmp_path / "bad"),
                  "--adapt-decodes", "10"]) == 2
@@ -147,3 +164,35 @@ def test_oneshot_and_eval_with_adapt(tmp_path, segmenter, manifest, cache_dir, m
                  str(lone / "defender"), "--adapt", "--out", str(tmp_path / "bad")]) == 2
     assert "attacker" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_paired_defender_keeps_the_result_with_the_higher_score(segmenter, manifest):
+    """Through the real MobileSAM on Kvasir val: by default the adapted defender comes paired with the given
+    one; on each start set both refine, and the result with the higher SAM-predicted IoU (or, with "agree",
+    agreement with the reference object), each recomputed here from the two defenders alone, is returned.
+    Without a reference, "agree" has nothing to judge by: the adapted defender's result."""
+    from ppd.oneshot import OneShotReference, propose
+
+    ref, *targets = pick(manifest, "kvasir", "val", 4)
+    given = Defender(segmenter=segmenter)
+    paired = adapt_defender(given, ref.image(), ref.mask(), config=QUICK)
+    assert isinstance(paired, PairedDefender) and paired.score == "iou" and paired.given is given
+    alone = adapt_defender(given, ref.image(), ref.mask(), config=AdaptConfig(decodes=300, choose="adapted"))
+    assert type(alone) is Defender and paired.agent is not given.agent
+    assert all(torch.equal(v, paired.agent.q.state_dict()[k]) for k, v in alone.agent.q.state_dict().items())
+    agree = PairedDefender(alone, given, "agree")
+    with pytest.raises(ConfigError, match="score"):
+        PairedDefender(alone, given, "dice")
+    oref = OneShotReference.make(segmenter.frame(ref.image()), ref.mask())
+    gref = oref.graph_reference(given.config.graph_grid)
+    for t in targets:
+        frame = segmenter.frame(t.image())
+        p = propose(oref, frame, 10, seed=0)
+        a, g = (d.refine_frame(frame, p.points, p.labels, reference=gref) for d in (alone, given))
+        assert np.isfinite(agreement(a)) and np.isfinite(agreement(g))
+        for d, want in ((paired, g if g.iou > a.iou else a), (agree, g if agreement(g) > agreement(a) else a)):
+            got = d.refine_frame(frame, p.points, p.labels, reference=gref)
+            assert np.array_equal(got.mask, want.mask) and np.array_equal(got.kept, want.kept)
+            assert ("given defender" in got.stop_reason) == (want is g)
+        plain = agree.refine_frame(frame, p.points, p.labels, reference=None)
+        assert np.array_equal(plain.mask, alone.refine_frame(frame, p.points, p.labels).mask)

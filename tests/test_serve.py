@@ -389,6 +389,7 @@ def test_oneshot_with_adapt_matches_the_api(segmenter, defender):
         first = c.post(f"/api/sessions/{sid}/images/{tgt['image']}/oneshot", json={"adapt": True}).json()
         assert first["adapted"]["reused"] is False and first["adapted"]["seconds"] > 0
         assert first["adapted"]["decodes"] == 300 and first["adapted"]["views"] == cfg.views
+        assert first["adapted"]["choose"] == cfg.choose == "iou"
         again = c.post(f"/api/sessions/{sid}/images/{tgt['image']}/oneshot", json={"adapt": True}).json()
         assert again["adapted"]["reused"] is True and again["final"]["mask"] == first["final"]["mask"]
         pipe = OneShot(segmenter, adapt_defender(defender, ref_img, ref_mask, config=cfg), k=10)

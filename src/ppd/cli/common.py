@@ -214,13 +214,17 @@ def adapt_opt(sp, switch: bool = True) -> None:
     sp.add_argument("--adapt-views", choices=("jitter", "dihedral"),
                     help="the images that game is played on: the reference's 8 rotated / mirrored views, "
                          f"also cropped and re-coloured (jitter, the default), or as they are (dihedral{implies})")
+    sp.add_argument("--adapt-choose", choices=("iou", "agree", "adapted"),
+                    help="after adapting, both the adapted and the given defender refine each start set and the "
+                         "result with the higher SAM-predicted IoU (iou, the default) or agreement with the "
+                         f"reference object (agree) is kept; or the adapted one refines alone (adapted{implies})")
 
 
 def adapt_config(args, seed: int = 0):
     """The :class:`ppd.train.adapt.AdaptConfig` of --adapt / --adapt-decodes, or None."""
-    if not getattr(args, "adapt", False) and args.adapt_decodes is None and args.adapt_views is None:
+    given = {"decodes": args.adapt_decodes, "views": args.adapt_views, "choose": args.adapt_choose}
+    if not getattr(args, "adapt", False) and all(v is None for v in given.values()):
         return None
     from ppd.train.adapt import AdaptConfig
 
-    given = {"decodes": args.adapt_decodes, "views": args.adapt_views}
     return AdaptConfig(seed=seed, **{k: v for k, v in given.items() if v is not None})

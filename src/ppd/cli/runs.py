@@ -127,7 +127,7 @@ def cmd_eval(args) -> int:
     adapt = adapt_config(args, args.seed)
     cfg = harness.EvalConfig(k=args.k, seed=args.seed, attack_steps=args.attack_steps, votes=args.votes,
                              adapt=0 if adapt is None else adapt.decodes,
-                             **({} if adapt is None else {"adapt_views": adapt.views}),
+                             **({} if adapt is None else {"adapt_views": adapt.views, "adapt_choose": adapt.choose}),
                              **({} if args.cycle is None else {"cycle": args.cycle}))
     cache_root = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     rows, summary = harness.run(args.data, args.dataset, args.split, methods, references=args.references,

@@ -29,6 +29,7 @@ class EvalConfig:
     # the defender first adapted to each reference for this many decodes (ppd.train.adapt; 0 = off)
     adapt: int = 0
     adapt_views: str = "jitter"  # the practice images of that adaptation (ppd.train.adapt.AdaptConfig.views)
+    adapt_choose: str = "iou"  # which defender refines then (ppd.train.adapt.AdaptConfig.choose)
     # part of every cache key: bump it when a method's definition changes (the defender's
     # weights and inference settings are in the keys of the rows that use it)
     version: int = 1
@@ -56,7 +57,7 @@ def config_key(cfg: EvalConfig) -> dict:
         from ppd.oneshot import VOTE_PLAN
 
         d["vote_plan"] = VOTE_PLAN
-    del d["adapt_views"]  # session 20: inside the adaptation's key, and only when not the dihedral views
+    del d["adapt_views"], d["adapt_choose"]  # sessions 20, 21: inside the adaptation's key (older rows keep theirs)
     if d["adapt"] == 0:  # added in session 19
         del d["adapt"]
     else:
@@ -68,7 +69,7 @@ def adapt_config(cfg: EvalConfig):
     """The test-time adaptation a run's defended one-shot methods use (its seed is the run's)."""
     from ppd.train.adapt import AdaptConfig
 
-    return AdaptConfig(decodes=cfg.adapt, seed=cfg.seed, views=cfg.adapt_views)
+    return AdaptConfig(decodes=cfg.adapt, seed=cfg.seed, views=cfg.adapt_views, choose=cfg.adapt_choose)
 
 
 class ResultCache:

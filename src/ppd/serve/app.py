@@ -290,7 +290,8 @@ def create_app(segmenter=None, defender=None, allowed_hosts: list[str] | None = 
                    start_index=[int(i) for i in prop.index],
                    mode=result.mode, start={"mask": mask_png(start.mask), "iou": start.refined.iou},
                    final={"mask": mask_png(res.mask), "iou": res.iou}, oneshot_s=round(time.perf_counter() - t0, 3),
-                   adapted=({"decodes": adapt.decodes, "views": adapt.views, **adapted} if adapted else None))
+                   adapted=({"decodes": adapt.decodes, "views": adapt.views, "choose": adapt.choose, **adapted}
+                            if adapted else None))
         if entry.mask is not None:
             out["dice"] = {"start": dice(start.mask, entry.mask), "final": dice(res.mask, entry.mask)}
         return out

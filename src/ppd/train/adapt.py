@@ -21,10 +21,12 @@ from ppd.agents.dqn import DQNAgent, shipped_agent_path
 from ppd.data import ArraySample
 from ppd.errors import CheckpointError, ConfigError
 from ppd.io import check_image_array, check_reference_mask
+from ppd.refine import Defender, RefineResult, load_agent
 from ppd.train.config import TrainConfig
 from ppd.train.trainer import Trainer
 
 VIEWS = ("jitter", "dihedral")  # AdaptConfig.views
+CHOICES = ("iou", "agree", "adapted")  # AdaptConfig.choose
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,11 @@ class AdaptConfig:
     # cropped and re-coloured, so that matches between them fail as real ones do; chosen on val in session 20)
     # or "dihedral" (those views as they are; session 19)
     views: str = "jitter"
+    # which defender's result is kept: both the adapted and the given one refine each start set, and the
+    # result with the higher label-free score is kept ("iou": SAM's predicted IoU of the mask, chosen on val
+    # in session 21; "agree": the mask's agreement with the reference object; PairedDefender), or the adapted
+    # defender refines alone ("adapted", sessions 19-20)
+    choose: str = "iou"
 
     def __post_init__(self) -> None:
         if not isinstance(self.learning_starts, int) or self.learning_starts < 1:
@@ -48,13 +55,18 @@ class AdaptConfig:
             raise ConfigError(f"adaptation eps_start must be in [0, 1], got {self.eps_start!r}")
         if self.views not in VIEWS:
             raise ConfigError(f"adaptation views must be one of {', '.join(VIEWS)}, got {self.views!r}")
+        if self.choose not in CHOICES:
+            raise ConfigError(f"adaptation choose must be one of {', '.join(CHOICES)}, got {self.choose!r}")
 
     def key(self) -> dict:
         """What enters the eval cache keys of rows made with an adapted defender (``views`` only when it is
-        not session 19's dihedral views, so those rows keep their keys)."""
+        not session 19's dihedral views, ``choose`` only when not the adapted defender alone: older rows keep
+        their keys)."""
         d = asdict(self)
         if d["views"] == "dihedral":
             del d["views"]
+        if d["choose"] == "adapted":
+            del d["choose"]
         return d
 
 
@@ -144,12 +156,48 @@ def adapt(defender: DQNAgent, attacker: DQNAgent, image: np.ndarray, mask: np.nd
     return out
 
 
-def adapt_defender(defender, image: np.ndarray, mask: np.ndarray, attacker=None, config: AdaptConfig = AdaptConfig(),
-                   progress: bool = False):
-    """A new :class:`ppd.refine.Defender` (same segmenter and settings) whose agent is ``defender``'s adapted
-    to the reference ``image`` / ``mask``. ``attacker``: the agent it was trained with (a DQNAgent or a
-    checkpoint path; default the shipped attacker, see :func:`attacker_beside`)."""
-    from ppd.refine import Defender, load_agent
+def agreement(res: RefineResult) -> float:
+    """How much the refined mask looks like the reference object: the cosine of its mask-pooled feature with
+    the object's mean feature minus with the background's, at the state the defender kept (NaN without a
+    reference)."""
+    _, fg, bg = res.trace[len(res.order)]
+    return fg - bg
 
+
+SCORES = {"iou": lambda res: res.iou, "agree": agreement}  # PairedDefender's label-free scores
+
+
+class PairedDefender(Defender):
+    """The adapted defender with the given one beside it: both refine each start set, and the result with the
+    higher label-free score (``score``: SAM's predicted IoU of the mask, or its :func:`agreement` with the
+    reference object) is kept. Adaptation lifts most references and wrecks a few (one DSB2018 val reference:
+    the given defender's repair undone, 69.3 -> 38.8); per start set the score can take the given defender's
+    result back (chosen on val, docs/TRAINING.md session 21). Twice the refinement work per start set."""
+
+    def __init__(self, adapted: Defender, given: Defender, score: str = "iou") -> None:
+        if score not in SCORES:
+            raise ConfigError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
+        super().__init__(adapted.agent, segmenter=adapted.seg, config=adapted.config)
+        self.given, self.score = given, score
+
+    def refine_frame(self, frame, points, labels, reference=None, max_removals=None, config=None) -> RefineResult:
+        res = super().refine_frame(frame, points, labels, reference, max_removals, config)
+        if reference is None and self.score == "agree":  # nothing to judge the two by: the adapted defender's
+            return res
+        other = self.given.refine_frame(frame, points, labels, reference, max_removals, config)
+        score = SCORES[self.score]
+        if score(other) > score(res):  # ties and NaN: the adapted one's
+            other.stop_reason += f"; the given defender's result (higher {self.score} than the adapted one's)"
+            return other
+        return res
+
+
+def adapt_defender(defender: Defender, image: np.ndarray, mask: np.ndarray, attacker=None,
+                   config: AdaptConfig = AdaptConfig(), progress: bool = False) -> Defender:
+    """A new :class:`ppd.refine.Defender` (same segmenter and settings) whose agent is ``defender``'s adapted
+    to the reference ``image`` / ``mask``; unless ``config.choose`` is "adapted", a :class:`PairedDefender` of
+    it and ``defender``. ``attacker``: the agent it was trained with (a DQNAgent or a checkpoint path; default the
+    shipped attacker, see :func:`attacker_beside`)."""
     agent = adapt(defender.agent, load_agent(attacker, "attacker"), image, mask, defender.seg, config, progress)
-    return Defender(agent, segmenter=defender.seg, config=defender.config)
+    adapted = Defender(agent, segmenter=defender.seg, config=defender.config)
+    return adapted if config.choose == "adapted" else PairedDefender(adapted, defender, config.choose)
