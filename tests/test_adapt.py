@@ -196,3 +196,40 @@ def test_paired_defender_keeps_the_result_with_the_higher_score(segmenter, manif
             assert ("given defender" in got.stop_reason) == (want is g)
         plain = agree.refine_frame(frame, p.points, p.labels, reference=None)
         assert np.array_equal(plain.mask, alone.refine_frame(frame, p.points, p.labels).mask)
+
+
+def test_paired_defender_ties_and_missing_scores_keep_the_adapted_result(monkeypatch):
+    """The choice rule alone (both defenders' results faked): the given defender's result only when its score
+    is strictly higher; a tie or a NaN score keeps the adapted one's; "agree" without a reference never asks
+    the given defender."""
+    from ppd.refine import RefineResult
+
+    def result(iou: float, fg: float, bg: float) -> RefineResult:
+        return RefineResult(points=np.zeros((2, 2)), labels=np.array([1, 0]), kept=np.ones(2, bool), iou=iou,
+                            trace=[(iou, fg, bg)], stop_reason="stop")
+
+    class Given:
+        def __init__(self, res):
+            self.res, self.calls = res, 0
+
+        def refine_frame(self, *args):
+            self.calls += 1
+            return self.res
+
+    def paired(adapted_res, given_res, score):
+        monkeypatch.setattr(Defender, "refine_frame", lambda self, *a, **k: adapted_res)
+        d = PairedDefender.__new__(PairedDefender)
+        d.given, d.score = Given(given_res), score
+        return d
+
+    a = result(0.80, 0.5, 0.2)
+    for score, g, want_given in (("iou", result(0.81, 0.0, 0.0), True), ("iou", result(0.80, 0.9, 0.0), False),
+                                 ("iou", result(float("nan"), 0.9, 0.0), False),
+                                 ("agree", result(0.1, 0.9, 0.2), True), ("agree", result(0.9, 0.5, 0.2), False),
+                                 ("agree", result(0.9, float("nan"), 0.0), False)):
+        got = paired(a, g, score).refine_frame(None, None, None, "a reference")
+        assert (got is g) == want_given and (got is a) != want_given
+        assert ("given defender" in got.stop_reason) == want_given
+        g.stop_reason = "stop"
+    d = paired(a, result(0.99, 0.9, 0.0), "agree")
+    assert d.refine_frame(None, None, None, None) is a and d.given.calls == 0

@@ -29,7 +29,7 @@ class EvalConfig:
     # the defender first adapted to each reference for this many decodes (ppd.train.adapt; 0 = off)
     adapt: int = 0
     adapt_views: str = "jitter"  # the practice images of that adaptation (ppd.train.adapt.AdaptConfig.views)
-    adapt_choose: str = "iou"  # which defender refines then (ppd.train.adapt.AdaptConfig.choose)
+    adapt_choose: str = "iou"  # whose result is kept then: adapted or given defender (AdaptConfig.choose)
     # part of every cache key: bump it when a method's definition changes (the defender's
     # weights and inference settings are in the keys of the rows that use it)
     version: int = 1
