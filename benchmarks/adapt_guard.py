@@ -25,14 +25,16 @@ from pathlib import Path
 import numpy as np
 
 
-def fm_ppd(run: str) -> dict[str, dict[str, float]]:
-    """reference -> target -> fm-ppd Dice of a ``ppd eval`` output folder."""
+def fm_ppd(run: str) -> tuple[str, dict[str, dict[str, float]]]:
+    """The dataset of a ``ppd eval`` output folder, and its fm-ppd Dice: reference -> target -> Dice."""
     out: dict[str, dict[str, float]] = defaultdict(dict)
+    dataset = ""
     with open(Path(run) / "per_image.csv") as fh:
         for r in csv.DictReader(fh):
+            dataset = r["dataset"]
             if r["method"] == "fm-ppd":
                 out[r["reference"]][r["target"]] = float(r["dice"])
-    return out
+    return dataset, out
 
 
 def guard_views(image: np.ndarray, mask: np.ndarray, n: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -104,9 +106,7 @@ def main() -> None:
     a.add_argument("--defender-opt", action="append", metavar="KEY=VALUE")
     a.add_argument("--out", required=True, help="the guard's rows (JSON); read back when it exists")
     args = a.parse_args()
-    given, adapted = fm_ppd(args.given), fm_ppd(args.adapted)
-    with open(Path(args.adapted) / "per_image.csv") as fh:
-        dataset = next(csv.DictReader(fh))["dataset"]
+    (_, given), (dataset, adapted) = fm_ppd(args.given), fm_ppd(args.adapted)
     out = Path(args.out)
     if out.is_file():
         rows = json.loads(out.read_text())

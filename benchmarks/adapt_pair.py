@@ -62,7 +62,7 @@ def score_rows(args) -> list[dict]:
     from ppd.oneshot import OneShotReference, propose
     from ppd.refine import Defender, parse_overrides
     from ppd.sam import Segmenter
-    from ppd.train.adapt import AdaptConfig, adapt_defender, attacker_beside
+    from ppd.train.adapt import AdaptConfig, adapt_defender, agreement, attacker_beside
 
     seg = Segmenter()
     given = Defender(args.defender, segmenter=seg, **parse_overrides(args.defender_opt))
@@ -84,8 +84,8 @@ def score_rows(args) -> list[dict]:
                    "start_dice": dice(seg.decode(frame, p.points, p.labels).mask, gt)}
             for name, d in (("given", given), ("adapted", adapted)):
                 res = d.refine_frame(frame, p.points, p.labels, reference=ref.graph_reference(d.config.graph_grid))
-                iou, fg, bg = res.trace[len(res.order)]  # the state chosen
-                row |= {f"{name}_dice": dice(res.mask, gt), f"{name}_iou": iou, f"{name}_agree": fg - bg,
+                # the scores PairedDefender compares
+                row |= {f"{name}_dice": dice(res.mask, gt), f"{name}_iou": res.iou, f"{name}_agree": agreement(res),
                         f"{name}_kept": int(res.kept.sum())}
             rows.append(row)
         write_rows(args.out, rows)
